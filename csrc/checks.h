@@ -1,0 +1,117 @@
+// checks.h — argument checks shared by the CPU and CUDA implementations of every op.
+//
+// The Python wrappers check the same things first and raise ValueError; these TORCH_CHECKs guard
+// direct calls of torch.ops.pdcr.* and name the offending argument the same way.
+#pragma once
+
+#include <torch/library.h>
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+namespace pdcr {
+
+inline bool is_supported_float(const at::Tensor& t) {
+  const auto s = t.scalar_type();
+  return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
+}
+
+inline void check_same_device(const char* op, const char* name_a, const at::Tensor& a,
+                              const char* name_b, const at::Tensor& b) {
+  TORCH_CHECK(a.device() == b.device(), op, ": ", name_a, " and ", name_b,
+              " must be on the same device, got ", a.device(), " and ", b.device());
+}
+
+// rows (B, N, C), phi_rows (B, P, N, M), cols (B, K, C), phi_cols (B, P, K, M), tau > 0.
+inline void check_dragsaw_inputs(const at::Tensor& rows, const at::Tensor& phi_rows,
+                                 const at::Tensor& cols, const at::Tensor& phi_cols, double tau) {
+  constexpr const char* op = "dragsaw_loss";
+  TORCH_CHECK(rows.dim() == 3, op, ": rows must have shape (B, N, C), got ", rows.sizes());
+  TORCH_CHECK(cols.dim() == 3, op, ": cols must have shape (B, K, C), got ", cols.sizes());
+  TORCH_CHECK(phi_rows.dim() == 4, op, ": phi_rows must have shape (B, P, N, M), got ",
+              phi_rows.sizes());
+  TORCH_CHECK(phi_cols.dim() == 4, op, ": phi_cols must have shape (B, P, K, M), got ",
+              phi_cols.sizes());
+  TORCH_CHECK(is_supported_float(rows), op,
+              ": rows must be float16, bfloat16, float32 or float64, got ", rows.scalar_type());
+  TORCH_CHECK(cols.scalar_type() == rows.scalar_type(), op, ": cols dtype ", cols.scalar_type(),
+              " differs from rows dtype ", rows.scalar_type());
+  TORCH_CHECK(is_supported_float(phi_rows), op, ": phi_rows must be floating, got ",
+              phi_rows.scalar_type());
+  TORCH_CHECK(is_supported_float(phi_cols), op, ": phi_cols must be floating, got ",
+              phi_cols.scalar_type());
+  check_same_device(op, "rows", rows, "cols", cols);
+  check_same_device(op, "rows", rows, "phi_rows", phi_rows);
+  check_same_device(op, "rows", rows, "phi_cols", phi_cols);
+  const int64_t B = rows.size(0), N = rows.size(1), C = rows.size(2);
+  TORCH_CHECK(cols.size(0) == B, op, ": cols batch ", cols.size(0), " != rows batch ", B);
+  TORCH_CHECK(cols.size(2) == C, op, ": cols width ", cols.size(2), " != rows width ", C);
+  TORCH_CHECK(phi_rows.size(0) == B && phi_rows.size(2) == N, op,
+              ": phi_rows must have shape (B=", B, ", P, N=", N, ", M), got ", phi_rows.sizes());
+  TORCH_CHECK(phi_cols.size(0) == B && phi_cols.size(2) == cols.size(1), op,
+              ": phi_cols must have shape (B=", B, ", P, K=", cols.size(1), ", M), got ",
+              phi_cols.sizes());
+  TORCH_CHECK(phi_cols.size(1) == phi_rows.size(1), op, ": phi_cols has P=", phi_cols.size(1),
+              " patch sizes, phi_rows has P=", phi_rows.size(1));
+  TORCH_CHECK(phi_cols.size(3) == phi_rows.size(3), op, ": phi_cols has M=", phi_cols.size(3),
+              " classes, phi_rows has M=", phi_rows.size(3));
+  TORCH_CHECK(phi_rows.size(1) >= 1, op, ": phi_rows needs at least one patch size (P >= 1)");
+  TORCH_CHECK(phi_rows.size(3) >= 1, op, ": phi_rows needs at least one class (M >= 1)");
+  TORCH_CHECK(C >= 1, op, ": rows need at least one channel (C >= 1)");
+  TORCH_CHECK(std::isfinite(tau) && tau > 0, op, ": tau must be finite and > 0, got ", tau);
+}
+
+inline void check_dragsaw_backward_inputs(const at::Tensor& grad, const at::Tensor& rows,
+                                          const at::Tensor& phi_rows, const at::Tensor& lse) {
+  constexpr const char* op = "dragsaw_loss_backward";
+  const auto expected = std::vector<int64_t>{rows.size(0), phi_rows.size(1), rows.size(1)};
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef(expected), op, ": grad must have shape (B, P, N) = ",
+              at::IntArrayRef(expected), ", got ", grad.sizes());
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef(expected), op, ": lse must have shape (B, P, N) = ",
+              at::IntArrayRef(expected), ", got ", lse.sizes());
+  TORCH_CHECK(is_supported_float(grad), op, ": grad must be floating, got ", grad.scalar_type());
+  check_same_device(op, "grad", grad, "rows", rows);
+  check_same_device(op, "lse", lse, "rows", rows);
+}
+
+// The loss's dtype: float32 for half-precision features (accumulated in float32), else theirs.
+inline at::ScalarType dragsaw_output_dtype(const at::Tensor& rows) {
+  const auto s = rows.scalar_type();
+  return (s == at::kHalf || s == at::kBFloat16) ? at::kFloat : s;
+}
+
+// labels (B, H, W) integer; boxes (B, N, 4) int64; num_classes >= 1.
+inline void check_ratio_inputs(const at::Tensor& labels, const at::Tensor& boxes,
+                               int64_t num_classes) {
+  constexpr const char* op = "foreground_ratios";
+  TORCH_CHECK(labels.dim() == 3, op, ": labels must have shape (B, H, W), got ", labels.sizes());
+  TORCH_CHECK(!at::isFloatingType(labels.scalar_type()) && !at::isComplexType(labels.scalar_type())
+                  && labels.scalar_type() != at::kBool,
+              op, ": labels must be an integer tensor, got ", labels.scalar_type());
+  TORCH_CHECK(boxes.dim() == 3 && boxes.size(2) == 4, op,
+              ": boxes must have shape (B, N, 4), got ", boxes.sizes());
+  TORCH_CHECK(boxes.scalar_type() == at::kLong, op, ": boxes must be int64, got ",
+              boxes.scalar_type());
+  TORCH_CHECK(boxes.size(0) == labels.size(0), op, ": boxes batch ", boxes.size(0),
+              " != labels batch ", labels.size(0));
+  TORCH_CHECK(num_classes >= 1, op, ": num_classes must be >= 1, got ", num_classes);
+  TORCH_CHECK((labels.size(1) + 1) * (labels.size(2) + 1) < (int64_t(1) << 31), op,
+              ": labels of ", labels.size(1), "x", labels.size(2),
+              " pixels are too large for 32-bit counts");
+  check_same_device(op, "labels", labels, "boxes", boxes);
+}
+
+inline void check_rf_inputs(const at::Tensor& positions, at::IntArrayRef size,
+                            at::IntArrayRef stride) {
+  constexpr const char* op = "rf_boxes";
+  TORCH_CHECK(positions.dim() >= 1 && positions.size(-1) == 2, op,
+              ": positions must have shape (..., 2) as (row, col), got ", positions.sizes());
+  TORCH_CHECK(positions.scalar_type() == at::kLong, op, ": positions must be int64, got ",
+              positions.scalar_type());
+  TORCH_CHECK(size.size() == 2 && stride.size() == 2, op,
+              ": size, stride and offset must each give (rows, cols)");
+  TORCH_CHECK(size[0] >= 1 && size[1] >= 1, op, ": size must be >= 1, got ", size);
+  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1, op, ": stride must be >= 1, got ", stride);
+}
+
+}  // namespace pdcr

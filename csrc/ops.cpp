@@ -1,0 +1,43 @@
+// ops.cpp — the schemas of the pdcr operators and the Python module that loads them.
+//
+// Kernels are registered per backend (cpu/*.cpp, cuda/*.cu); autograd formulas and fake (meta)
+// kernels are registered from Python (pdcr_ext/_ops.py) with torch.library, so that the ops work
+// under torch.compile and pass torch.library.opcheck.
+#include <torch/extension.h>
+
+#include "cpu/cpu_isa.h"
+
+TORCH_LIBRARY(pdcr, m) {
+  // Receptive-field boxes (eqs. 5-7) or square patches (H-PDCR) of feature positions.
+  // positions (..., 2) int64 as (row, col) -> (..., 4) int64 as (y0, x0, y1, x1), inclusive.
+  m.def("rf_boxes(Tensor positions, int[2] size, int[2] stride, int[2] offset) -> Tensor");
+  // Foreground ratios (eq. 4) from an integral image of the one-hot labels.
+  // labels (B, H, W) int, boxes (B, N, 4) int64 -> (B, N, num_classes) float32.
+  m.def("foreground_ratios(Tensor labels, Tensor boxes, int num_classes, bool inside_area) -> Tensor");
+  // Fused dragsaw loss (eqs. 3, 8, 9): per-row losses (B, P, N) and the per-row log-sum-exp of
+  // the push logits (B, P, N), which is all the backward needs.
+  m.def(
+      "dragsaw_loss(Tensor rows, Tensor phi_rows, Tensor cols, Tensor phi_cols, float tau) "
+      "-> (Tensor, Tensor)");
+  // Its backward: gradients for rows (B, N, C) and cols (B, K, C).
+  m.def(
+      "dragsaw_loss_backward(Tensor grad, Tensor rows, Tensor phi_rows, Tensor cols, "
+      "Tensor phi_cols, Tensor lse, float tau) -> (Tensor, Tensor)");
+}
+
+PYBIND11_MODULE(_C, module) {
+  module.doc() = "pdcr_ext native operators (registered under torch.ops.pdcr)";
+  module.def("cpu_isa", &pdcr::cpu::active_isa_name,
+             "Instruction set of the CPU dragsaw kernels in use: avx512, avx2 or baseline.");
+  module.def("available_cpu_isas", &pdcr::cpu::available_isa_names,
+             "Instruction sets this build has kernels for and this CPU supports.");
+  module.def("set_cpu_isa", &pdcr::cpu::set_active_isa, pybind11::arg("name"),
+             "Select the CPU dragsaw kernels (for tests and benchmarks); raises if unsupported.");
+  module.def("has_cuda_kernels", []() {
+#if defined(PDCR_WITH_CUDA)
+    return true;
+#else
+    return false;
+#endif
+  });
+}

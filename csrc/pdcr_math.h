@@ -1,0 +1,162 @@
+// pdcr_math.h — the per-element math of PDCR, written once.
+//
+// Every function here is an inline template usable from host C++ (scalars, or GCC vector types
+// in the CPU kernels' SIMD loops) and from CUDA device code (scalars). The CPU and CUDA kernels
+// call these and nothing else for the math, so the CPU tests against the pure-PyTorch reference
+// cover what the GPU computes. Equation numbers are those of Liu et al., "Contrastive and
+// Selective Hidden Embeddings for Medical Image Segmentation".
+//
+// No torch headers here: the CPU kernels that include this file are compiled several times with
+// different instruction-set targets, and must not pull in shared inline code from libtorch.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define PDCR_HD __host__ __device__ __forceinline__
+#else
+// static: each translation unit keeps its own copy (the CPU kernels are compiled once per
+// instruction set, and must not share out-of-line copies); always_inline: the copy is inlined
+// into the caller's instruction set, and GCC vector arguments never cross an ABI boundary.
+#define PDCR_HD static inline __attribute__((always_inline))
+#endif
+
+namespace pdcr {
+namespace math {
+
+// Smallest norm used when normalising a feature vector (eq. 8): v̂ = v / max(‖v‖, kNormEps).
+// Same value as torch.nn.functional.normalize(eps=1e-8) in the reference.
+constexpr double kNormEps = 1e-8;
+
+// |x| written with a comparison so that it also works lane-wise on GCC vector types.
+template <typename T>
+PDCR_HD T absval(T x) {
+  return x < 0 ? -x : x;
+}
+
+template <typename T>
+PDCR_HD T maxval(T a, T b) {
+  return a > b ? a : b;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Geometry (eqs. 5-7)
+
+// One axis of a box: a feature position x with receptive field (size, jump, offset) covers the
+// image pixels [x*jump + offset, x*jump + offset + size - 1] (eqs. 5 and 6, inclusive ends).
+// A square patch of side s centred on pixel c (H-PDCR) is the same with jump 1 and offset
+// -(s-1)/2 (rounded down), so one function serves both.
+PDCR_HD void box_axis(int64_t x, int64_t size, int64_t jump, int64_t offset, int64_t* lo,
+                      int64_t* hi) {
+  *lo = x * jump + offset;
+  *hi = *lo + size - 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Foreground ratios (eq. 4) from an integral image.
+//
+// integral has (H+1) x (W+1) entries, row-major with row stride W+1, where
+// integral[y][x] = number of pixels of one class in rows [0, y) and columns [0, x).
+// The box (y0, x0, y1, x1) is inclusive and may extend past the image; pixels outside the image
+// belong to no class, so the box is clipped first. Returns the clipped box's pixel count through
+// *inside_area and the class count as the return value. O(1) whatever the box size.
+template <typename I>
+PDCR_HD I box_count(const I* integral, int64_t H, int64_t W, int64_t y0, int64_t x0, int64_t y1,
+                    int64_t x1, int64_t* inside_area) {
+  const int64_t cy0 = y0 < 0 ? 0 : y0;
+  const int64_t cx0 = x0 < 0 ? 0 : x0;
+  const int64_t cy1 = y1 > H - 1 ? H - 1 : y1;
+  const int64_t cx1 = x1 > W - 1 ? W - 1 : x1;
+  if (cy1 < cy0 || cx1 < cx0) {  // the box lies entirely outside the image
+    *inside_area = 0;
+    return I(0);
+  }
+  *inside_area = (cy1 - cy0 + 1) * (cx1 - cx0 + 1);
+  const int64_t ld = W + 1;
+  return integral[(cy1 + 1) * ld + (cx1 + 1)] - integral[cy0 * ld + (cx1 + 1)] -
+         integral[(cy1 + 1) * ld + cx0] + integral[cy0 * ld + cx0];
+}
+
+// eq. 4: ratio = count / area. area is the full box area (the paper's r², "box") or the area of
+// the box's part inside the image ("inside"). An empty area (a box entirely outside the image
+// with the "inside" convention) gives ratio 0 for every class, never 0/0.
+template <typename T>
+PDCR_HD T foreground_ratio(int64_t count, int64_t area) {
+  return area > 0 ? T(count) / T(area) : T(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Affinity (eq. 3), accumulated one class at a time:
+//   w_ij = 1 - (1/M) Σ_m |φ_i^m - φ_j^m|
+// affinity_term adds one class's |φ_i^m - φ_j^m|; affinity_finish turns the sum into w.
+template <typename T, typename S>
+PDCR_HD T affinity_term(T acc, S phi_i, T phi_j) {
+  return acc + absval(phi_j - phi_i);
+}
+
+template <typename T, typename S>
+PDCR_HD T affinity_finish(T abs_diff_sum, S inv_num_classes) {
+  return 1 - abs_diff_sum * inv_num_classes;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dragsaw loss (eq. 9 per patch size; eq. 12 sums it over sizes, layers and layer pairs).
+//
+// For row i, column j and patch size k, with s_ij the cosine similarity (eq. 8) and w_ij(k) the
+// affinity:
+//   pull logit   s_ij w_ij / τ          (numerator of eq. 9)
+//   push logit   s_in (1 - w_in) / τ    (denominator of eq. 9)
+//   ℓ_i(k) = Σ_j -log( exp(s_ij w_ij/τ) / Σ_n exp(s_in (1-w_in)/τ) )
+//          = -(1/τ) Σ_j s_ij w_ij + K · LSE_n( s_in (1 - w_in)/τ )
+// so a row needs only the running sum Σ_j s_ij w_ij and an online log-sum-exp of the push logits.
+template <typename T>
+PDCR_HD T pull_term(T s, T w) {
+  return s * w;
+}
+
+template <typename T, typename S>
+PDCR_HD T push_logit(T s, T w, S inv_tau) {
+  return s * (1 - w) * inv_tau;
+}
+
+// Online log-sum-exp: the state (running max m, running sum l of exp(x - m)) absorbs a block of
+// logits with maximum block_max as  m' = max(m, block_max),  l' = l·exp(m - m') + Σ exp(x - m'),
+// and finally LSE = m + log(l). The exps are the caller's (SIMD on the CPU, fast-math on the GPU);
+// this is the one place the new running maximum is chosen.
+template <typename T>
+PDCR_HD T lse_new_max(T running_max, T block_max) {
+  return maxval(running_max, block_max);
+}
+
+// ℓ_i(k) from the row's running pull sum and LSE (eq. 9 rewritten above).
+template <typename T, typename S>
+PDCR_HD T row_loss(T pull_sum, T lse, S inv_tau, S num_cols) {
+  return -pull_sum * inv_tau + num_cols * lse;
+}
+
+// Gradient of the loss with respect to one similarity s_ij, for one patch size k:
+//   ∂ℓ_i(k)/∂s_ij = ( -w_ij + K · p_ij · (1 - w_ij) ) / τ,   p_ij = exp(push_ij - LSE_i(k))
+// times the upstream gradient g_i(k) of that row's loss. Summed over k by the caller: G_ij.
+template <typename T, typename S>
+PDCR_HD T pair_grad(T w, T p, S g, S inv_tau, S num_cols) {
+  return g * inv_tau * (num_cols * p * (1 - w) - w);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cosine normalisation (eq. 8) of one vector: v̂ = v / max(‖v‖, eps); clamped_norm is the divisor.
+template <typename T>
+PDCR_HD T clamped_norm(T norm) {
+  return norm > T(kNormEps) ? norm : T(kNormEps);
+}
+
+// Backward of v̂ = v / max(‖v‖, eps) for one component, with inv_norm = 1 / max(‖v‖, eps):
+//   ‖v‖ >= eps:  ∂L/∂v = (∂L/∂v̂ - v̂ (v̂ · ∂L/∂v̂)) / ‖v‖
+//   otherwise:   ∂L/∂v = ∂L/∂v̂ / eps          (the clamp is constant there)
+// norm_clamped says which case holds; vhat_dot_g is v̂ · ∂L/∂v̂.
+template <typename T, typename S>
+PDCR_HD T normalize_backward(T g, T vhat, S vhat_dot_g, S inv_norm, bool norm_clamped) {
+  return norm_clamped ? g * inv_norm : (g - vhat * vhat_dot_g) * inv_norm;
+}
+
+}  // namespace math
+}  // namespace pdcr

@@ -1,0 +1,77 @@
+"""Thin Python layer over torch.ops.pdcr.*: loads the native library and registers the fake
+(meta) kernels and the autograd formula with torch.library, so that the ops run under
+torch.compile and pass torch.library.opcheck.
+
+``NATIVE`` is False when the extension was not built; the public functions then fall back to the
+reference (backend="auto") or raise (backend="native").
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.pdcr.*)
+
+    NATIVE = True
+    IMPORT_ERROR: Exception | None = None
+except ImportError as error:  # pragma: no cover - exercised only without a build
+    _C = None
+    NATIVE = False
+    IMPORT_ERROR = error
+
+
+def has_cuda_kernels() -> bool:
+    """True when the extension was built with its CUDA kernels."""
+    return NATIVE and bool(_C.has_cuda_kernels())
+
+
+def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+if NATIVE:
+
+    @torch.library.register_fake("pdcr::rf_boxes")
+    def _rf_boxes_fake(positions, size, stride, offset):
+        return positions.new_empty((*positions.shape[:-1], 4))
+
+    @torch.library.register_fake("pdcr::foreground_ratios")
+    def _foreground_ratios_fake(labels, boxes, num_classes, inside_area):
+        return labels.new_empty((labels.shape[0], boxes.shape[1], num_classes), dtype=torch.float32)
+
+    @torch.library.register_fake("pdcr::dragsaw_loss")
+    def _dragsaw_loss_fake(rows, phi_rows, cols, phi_cols, tau):
+        shape = (rows.shape[0], phi_rows.shape[1], rows.shape[1])
+        return (
+            rows.new_empty(shape, dtype=_loss_dtype(rows.dtype)),
+            rows.new_empty(shape, dtype=_accumulation_dtype(rows.dtype)),
+        )
+
+    @torch.library.register_fake("pdcr::dragsaw_loss_backward")
+    def _dragsaw_loss_backward_fake(grad, rows, phi_rows, cols, phi_cols, lse, tau):
+        return rows.new_empty(rows.shape), cols.new_empty(cols.shape)
+
+    def _dragsaw_setup_context(ctx, inputs, output):
+        rows, phi_rows, cols, phi_cols, tau = inputs
+        _, lse = output
+        ctx.save_for_backward(rows, phi_rows, cols, phi_cols, lse)
+        ctx.tau = tau
+        ctx.mark_non_differentiable(lse)
+
+    def _dragsaw_backward(ctx, grad_loss, _grad_lse):
+        rows, phi_rows, cols, phi_cols, lse = ctx.saved_tensors
+        grad_rows, grad_cols = torch.ops.pdcr.dragsaw_loss_backward(
+            grad_loss, rows, phi_rows, cols, phi_cols, lse, ctx.tau
+        )
+        # The ratios come from the labels: no gradient. In the single-layer case rows and cols
+        # are the same tensor and autograd adds the two gradients.
+        return grad_rows, None, grad_cols, None, None
+
+    torch.library.register_autograd(
+        "pdcr::dragsaw_loss", _dragsaw_backward, setup_context=_dragsaw_setup_context
+    )

@@ -1,0 +1,40 @@
+"""Shared test settings: hypothesis profiles, helpers and markers."""
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+import pdcr_ext
+
+settings.register_profile(
+    "default",
+    max_examples=int(os.environ.get("PDCR_HYPOTHESIS_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=True,  # CI reruns see the same cases; set PDCR_HYPOTHESIS_RANDOM=1 to explore
+)
+settings.register_profile("random", parent=settings.get_profile("default"), derandomize=False)
+settings.load_profile("random" if os.environ.get("PDCR_HYPOTHESIS_RANDOM") else "default")
+
+HAS_CUDA = torch.cuda.is_available() and pdcr_ext.has_cuda_kernels()
+
+requires_native = pytest.mark.skipif(not pdcr_ext.native_available, reason="extension not built")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device and the CUDA kernels")
+    for item in items:
+        if "cuda" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture
+def cpu_isa():
+    """Restores the CPU kernels' instruction set after a test that changes it."""
+    from pdcr_ext import _C
+
+    before = _C.cpu_isa()
+    yield _C
+    _C.set_cpu_isa(before)
