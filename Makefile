@@ -9,7 +9,7 @@ TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 NATIVE_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 PYTEST_ARGS ?=
 
-.PHONY: test bench build clean
+.PHONY: test bench build clean cuda-check gpu-check
 
 $(VENV)/.deps: requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,29 @@ test: build
 
 bench: build
 	$(PY) benchmarks/bench_ops.py
+
+# Compile check of the CUDA sources (CI, where nvcc is present; no GPU needed): a separate venv
+# with the CUDA build of torch, FORCE_CUDA=1, then load the library and check that every op has a
+# CUDA kernel. torch's CUDA headers need the cu13 include folder of its nvidia pip packages.
+CUDA_VENV ?= .venv-cuda
+CUDA_PY := $(CUDA_VENV)/bin/python
+CUDA_HOME ?= /usr/local/cuda
+CUDA_ARCHS ?= 8.0;9.0+PTX
+
+$(CUDA_VENV)/.deps:
+	@test -x $(CUDA_PY) || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install -q --disable-pip-version-check torch==2.14.1 numpy==2.4.6 ninja==1.13.2 pybind11==3.1.0 setuptools==84.2.1
+	@touch $@
+
+cuda-check: $(CUDA_VENV)/.deps
+	CUDA_HOME=$(CUDA_HOME) PATH=$(CUDA_HOME)/bin:$$PATH FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" \
+	CPATH=$$($(CUDA_PY) -c 'import os, nvidia; print(os.path.join(list(nvidia.__path__)[0], "cu13", "include"))') \
+		$(CUDA_PY) setup.py -q build_ext --build-temp build/cuda-temp --build-lib build/cuda-lib
+	$(CUDA_PY) benchmarks/check_cuda_build.py build/cuda-lib
+
+# On a GPU machine with torch preinstalled (no network): build in place, CUDA tests, GPU benchmark.
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf build pdcr_ext/_C*.so *.egg-info $(VENV)/.built

@@ -6,6 +6,9 @@
 #include <torch/extension.h>
 
 #include "cpu/cpu_isa.h"
+#if defined(PDCR_WITH_CUDA)
+#include "cuda/cuda_api.h"
+#endif
 
 TORCH_LIBRARY(pdcr, m) {
   // Receptive-field boxes (eqs. 5-7) or square patches (H-PDCR) of feature positions.
@@ -33,11 +36,13 @@ PYBIND11_MODULE(_C, module) {
              "Instruction sets this build has kernels for and this CPU supports.");
   module.def("set_cpu_isa", &pdcr::cpu::set_active_isa, pybind11::arg("name"),
              "Select the CPU dragsaw kernels (for tests and benchmarks); raises if unsupported.");
-  module.def("has_cuda_kernels", []() {
 #if defined(PDCR_WITH_CUDA)
-    return true;
+  module.def("has_cuda_kernels", []() { return true; });
+  module.def("cuda_backward", &pdcr::cuda::backward_variant_name,
+             "Backward variant of the CUDA dragsaw loss: 'split' (no atomics) or 'atomic'.");
+  module.def("set_cuda_backward", &pdcr::cuda::set_backward_variant, pybind11::arg("name"),
+             "Select the CUDA dragsaw backward variant: 'split' or 'atomic'.");
 #else
-    return false;
+  module.def("has_cuda_kernels", []() { return false; });
 #endif
-  });
 }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# GPU check (`make gpu-check`): on a machine with an NVIDIA GPU and torch preinstalled, no network.
+# Builds the extension in place for this GPU (no build isolation), runs the test suite (the CUDA
+# tests included) and the GPU benchmark, and writes logs and results (JSON, Markdown) to $OUT
+# (default benchmarks/results). Sized to finish within about 6 minutes on an H200.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+start=$(date +%s)
+log() { echo "[gpu-check +$(( $(date +%s) - start ))s] $*"; }
+
+export FORCE_CUDA=1
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader || true
+log "building for compute capability $TORCH_CUDA_ARCH_LIST with $MAX_JOBS jobs"
+if ! $PY -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT/gpu_build.log" 2>&1; then
+  tail -40 "$OUT/gpu_build.log"
+  log "build failed"
+  exit 1
+fi
+log "built: $($PY -c 'import pdcr_ext; print("cuda kernels:", pdcr_ext.has_cuda_kernels())')"
+
+log "tests"
+timeout 150 $PY -m pytest tests -q -p no:cacheprovider -rfE --junitxml="$OUT/gpu_tests.xml" \
+  > "$OUT/gpu_tests.log" 2>&1
+tests_rc=$?
+grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -15
+
+log "benchmark"
+timeout 150 $PY benchmarks/bench_ops.py --device cuda --out "$OUT" > "$OUT/gpu_bench.log" 2>&1
+bench_rc=$?
+tail -22 "$OUT/gpu_bench.log"
+log "done: tests exit $tests_rc, benchmark exit $bench_rc"
+exit $(( tests_rc != 0 || bench_rc != 0 ))
