@@ -46,10 +46,11 @@ def _extension():
     cxx = ["-O3", "-ffp-contract=fast", "-Wno-psabi"]
     link = []
     if platform.system() == "Linux":
-        # at::parallel_for is inline: without OpenMP in this build it would run serially. The
-        # process loads one libgomp (torch's), whatever this links against.
+        # at::parallel_for is inline: without OpenMP in this build it would run serially. Compile
+        # with OpenMP but do not link an OpenMP runtime: the GOMP symbols resolve to the one torch
+        # already loaded (some torch wheels bundle libgomp under another name, and two OpenMP
+        # runtimes in one process is a known source of crashes).
         cxx.append("-fopenmp")
-        link.append("-fopenmp")
     macros = []
     if X86:
         macros.append(("PDCR_HAVE_X86_KERNELS", None))

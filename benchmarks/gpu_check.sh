@@ -23,8 +23,22 @@ if ! $PY -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT/g
 fi
 log "built: $($PY -c 'import pdcr_ext; print("cuda kernels:", pdcr_ext.has_cuda_kernels())')"
 
+# Errors raised inside the native ops must reach Python as exceptions: one process per probe,
+# so that a crash is seen and named (exit 1 = the expected Python exception, 139 = a crash).
+probe() {
+  timeout 60 $PY -X faulthandler -c "import torch, pdcr_ext; $2" >> "$OUT/gpu_probes.log" 2>&1
+  echo "probe $1: exit $?" | tee -a "$OUT/gpu_probes.log"
+}
+probe cpu-op-error "x = torch.ones(1, 2, 2); p = torch.ones(1, 1, 2, 2); torch.ops.pdcr.dragsaw_loss(x, p, x, p, 0.0)"
+probe cuda-op-error "x = torch.ones(1, 2, 2, device='cuda'); p = torch.ones(1, 1, 2, 2, device='cuda'); torch.ops.pdcr.dragsaw_loss(x, p, x, p, 0.0)"
+probe cuda-ratio-error "torch.ops.pdcr.foreground_ratios(torch.full((1, 2, 2), 5, device='cuda'), torch.zeros(1, 1, 4, dtype=torch.long, device='cuda'), 2, False)"
+
 log "tests"
-timeout 150 $PY -m pytest tests -q -p no:cacheprovider -rfE --junitxml="$OUT/gpu_tests.xml" \
+# pytest-xdist, where installed, runs the tests in worker processes: a crash in one test is
+# reported as that test's failure instead of ending the run
+xdist=""
+$PY -c "import xdist" 2>/dev/null && xdist="-n 4 --max-worker-restart 20"
+timeout 150 $PY -m pytest tests -q -p no:cacheprovider -rfE $xdist --junitxml="$OUT/gpu_tests.xml" \
   > "$OUT/gpu_tests.log" 2>&1
 tests_rc=$?
 grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -15

@@ -13,6 +13,8 @@ import pdcr_reference as ref
 
 from . import _checks, _ops
 
+CUDA_MAX_PATCH_SIZES = 8  # per-row state for every patch size lives in registers (csrc/cuda)
+
 
 def _use_native(backend: str, device: torch.device) -> bool:
     _checks.choice("backend", backend, _checks.BACKENDS)
@@ -157,6 +159,11 @@ def dragsaw_loss(rows: torch.Tensor, phi_rows: torch.Tensor, cols: torch.Tensor 
     _checks.same_device(rows=rows, phi_rows=phi_rows, cols=cols, phi_cols=phi_cols)
 
     if _use_native(backend, rows.device):
+        if rows.device.type == "cuda" and phi_rows.shape[1] > CUDA_MAX_PATCH_SIZES:
+            raise ValueError(
+                f"phi_rows has P={phi_rows.shape[1]} patch sizes; the CUDA kernels take at most "
+                f"{CUDA_MAX_PATCH_SIZES} patch sizes per call (split the series into several calls)"
+            )
         per_row, _ = torch.ops.pdcr.dragsaw_loss(rows, phi_rows, cols, phi_cols, tau)
     else:
         per_row = ref.dragsaw_row_loss(rows, phi_rows, cols, phi_cols, tau)

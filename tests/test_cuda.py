@@ -63,13 +63,14 @@ def _run(rows, phi_rows, cols, phi_cols, tau, device, reduction="none"):
 def test_float32_matches_reference(variant, B, N, K, C, P, M, tau, cross, noncontiguous, seed):
     from pdcr_ext import _C
 
+    before = _C.cuda_backward()
     _C.set_cuda_backward(variant)
     try:
         (loss, gr, gc), (rl, rgr, rgc) = _run(
             *_inputs(B, N, K, C, P, M, dtype=torch.float32, seed=seed, cross=cross,
                      noncontiguous=noncontiguous), tau, "cuda")
     finally:
-        _C.set_cuda_backward("split")
+        _C.set_cuda_backward(before)
     assert loss.dtype == torch.float32
     rows, phi_rows, cols, phi_cols = _inputs(B, N, K, C, P, M, dtype=torch.float32, seed=seed,
                                              cross=cross, noncontiguous=noncontiguous)
@@ -95,6 +96,7 @@ def test_gradcheck_float64(variant, cross):
     rows, phi_rows, cols, phi_cols = _inputs(2, 19, 23, 7, 3, 3, dtype=torch.float64, seed=2, cross=cross)
     rows = rows.cuda().requires_grad_()
     phi_rows = phi_rows.double().cuda()
+    before = _C.cuda_backward()
     _C.set_cuda_backward(variant)
     try:
         if cross:
@@ -105,7 +107,7 @@ def test_gradcheck_float64(variant, cross):
             fn = lambda r: pdcr_ext.dragsaw_loss(r, phi_rows, tau=0.4, reduction="none")
             assert torch.autograd.gradcheck(fn, (rows,))
     finally:
-        _C.set_cuda_backward("split")
+        _C.set_cuda_backward(before)
 
 
 def test_wide_features_use_smaller_tiles_and_stay_correct():
@@ -124,8 +126,33 @@ def test_tiny_tau_and_zero_vectors_on_cuda():
 
 def test_too_many_patch_sizes_is_an_error():
     rows = torch.randn(1, 4, 3, device="cuda")
-    with pytest.raises(RuntimeError, match="at most 8 patch sizes"):
+    with pytest.raises(ValueError, match="at most 8 patch sizes"):
         pdcr_ext.dragsaw_loss(rows, torch.rand(1, 9, 4, 2, device="cuda"))
+    with pytest.raises(RuntimeError, match="at most 8 patch sizes"):
+        phi = torch.rand(1, 9, 4, 2, device="cuda")
+        torch.ops.pdcr.dragsaw_loss(rows, phi, rows, phi, 0.5)
+
+
+def test_op_errors_from_cuda_code_reach_python():
+    rows = torch.randn(1, 4, 3, device="cuda")
+    phi = torch.rand(1, 2, 4, 2, device="cuda")
+    with pytest.raises(RuntimeError, match="tau must be finite"):
+        torch.ops.pdcr.dragsaw_loss(rows, phi, rows, phi, 0.0)
+
+
+def test_deterministic_mode_gives_identical_gradients():
+    rows, phi_rows, cols, phi_cols = _inputs(2, 300, 200, 32, 3, 2, dtype=torch.float32, seed=8)
+    args = [t.cuda() for t in (rows, phi_rows, cols, phi_cols)]
+    grads = []
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(2):
+            r, c = args[0].clone().requires_grad_(), args[2].clone().requires_grad_()
+            pdcr_ext.dragsaw_loss(r, args[1], c, args[3], reduction="sum").backward()
+            grads.append((r.grad, c.grad))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
 
 
 @given(B=st.integers(1, 3), H=st.integers(1, 70), W=st.integers(1, 70), M=st.integers(1, 5),

@@ -6,8 +6,9 @@
 namespace pdcr {
 namespace cuda {
 
-// Backward variant of the dragsaw loss: "split" (rows kernel + columns kernel, deterministic) or
-// "atomic" (one kernel, column gradients added with atomicAdd).
+// Backward variant of the dragsaw loss: "atomic" (default: one kernel, column gradients added with
+// atomicAdd) or "split" (rows kernel + columns kernel, deterministic; also used whenever
+// torch.use_deterministic_algorithms(True) is on).
 std::string backward_variant_name();
 void set_backward_variant(const std::string& name);
 

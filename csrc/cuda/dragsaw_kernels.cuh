@@ -188,13 +188,31 @@ struct Problem {
   Acc inv_tau;
 };
 
-// Copies `count` feature vectors starting at n0 into a tile, zero rows past `limit`.
+// Copies T feature vectors starting at n0 into a tile (row stride ld), zero rows past `limit`.
+// 16-byte chunks, four in flight per thread: Cp is a multiple of kFeatureAlign, so every row of
+// the source and of the tile starts 16-byte aligned.
 template <typename In>
 __device__ void load_features(In* dst, int ld, const In* src, int64_t n0, int64_t limit, int T,
                               int Cp) {
-  for (int idx = threadIdx.x; idx < T * Cp; idx += blockDim.x) {
-    const int r = idx / Cp, c = idx % Cp;
-    dst[r * ld + c] = (n0 + r < limit) ? src[(n0 + r) * Cp + c] : convert<In>(0.0f);
+  constexpr int kVec = 16 / int(sizeof(In));
+  constexpr int kInFlight = 4;
+  const int chunks_per_row = Cp / kVec, total = T * chunks_per_row;
+  for (int base = threadIdx.x; base < total; base += kInFlight * blockDim.x) {
+    uint4 chunk[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int idx = base + u * blockDim.x;
+      const int r = idx / chunks_per_row, c = idx - r * chunks_per_row;
+      chunk[u] = (idx < total && n0 + r < limit)
+                     ? *reinterpret_cast<const uint4*>(src + (n0 + r) * Cp + c * kVec)
+                     : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int idx = base + u * blockDim.x;
+      const int r = idx / chunks_per_row, c = idx - r * chunks_per_row;
+      if (idx < total) *reinterpret_cast<uint4*>(dst + r * ld + c * kVec) = chunk[u];
+    }
   }
 }
 
@@ -216,14 +234,23 @@ __device__ void load_phi_cols(Acc* dst, const Acc* src, int64_t b, int64_t j0, i
   }
 }
 
-// Affinity w_ij(k) (eq. 3) of tile row r and tile column j.
-template <typename Acc>
-__device__ __forceinline__ Acc tile_affinity(const Acc* phi_rows_s, const Acc* phi_cols_s, int r,
-                                             int j, int k, int T, int P, int M, Acc inv_m) {
-  Acc d = 0;
-  for (int c = 0; c < M; ++c)
-    d = m::affinity_term(d, phi_rows_s[(r * P + k) * M + c], phi_cols_s[(k * M + c) * T + j]);
-  return m::affinity_finish(d, inv_m);
+// Affinities w_ij(k) (eq. 3) of tile row r with the thread's kCols columns
+// j = lane + kThreadsPerRow * q, for one patch size k. Each class's row ratio is read once.
+template <typename Acc, int kCols>
+__device__ __forceinline__ void tile_affinities(const Acc* phi_rows_s, const Acc* phi_cols_s, int r,
+                                                int lane, int k, int T, int P, int M, Acc inv_m,
+                                                Acc (&w)[kCols]) {
+#pragma unroll
+  for (int q = 0; q < kCols; ++q) w[q] = 0;
+  const Acc* phi_i = phi_rows_s + (r * P + k) * M;
+  const Acc* phi_j = phi_cols_s + k * M * T + lane;
+  for (int c = 0; c < M; ++c) {
+    const Acc a = phi_i[c];
+#pragma unroll
+    for (int q = 0; q < kCols; ++q) w[q] = m::affinity_term(w[q], a, phi_j[c * T + kThreadsPerRow * q]);
+  }
+#pragma unroll
+  for (int q = 0; q < kCols; ++q) w[q] = m::affinity_finish(w[q], inv_m);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,18 +293,21 @@ __global__ void __launch_bounds__(T * kThreadsPerRow)
     gemm<In, true, false>(T, T, p.Cp, rows_s, L.ld_feat, cols_s, L.ld_feat, S, L.ld_s, false);
     __syncthreads();
     const int64_t valid = p.K - j0 < T ? p.K - j0 : T;
+    Acc s[kCols];  // this thread's similarities, read once for every patch size
+#pragma unroll
+    for (int q = 0; q < kCols; ++q) s[q] = S[r * L.ld_s + lane_in_row + kThreadsPerRow * q];
 #pragma unroll
     for (int k = 0; k < kMaxP; ++k) {
       if (k < p.P) {
         Acc x[kCols];
+        tile_affinities(phi_rows_s, phi_cols_s, r, lane_in_row, k, T, p.P, p.M, inv_m, x);
         Acc local_max = neg_inf, local_pull = 0;
 #pragma unroll
         for (int q = 0; q < kCols; ++q) {
           const int j = lane_in_row + kThreadsPerRow * q;
-          const Acc s = S[r * L.ld_s + j];
-          const Acc w = tile_affinity(phi_rows_s, phi_cols_s, r, j, k, T, p.P, p.M, inv_m);
-          local_pull += m::pull_term(s, w);  // padded columns have s = 0
-          x[q] = j < valid ? m::push_logit(s, w, p.inv_tau) : neg_inf;
+          const Acc w = x[q];
+          local_pull += m::pull_term(s[q], w);  // padded columns have s = 0
+          x[q] = j < valid ? m::push_logit(s[q], w, p.inv_tau) : neg_inf;
           local_max = x[q] > local_max ? x[q] : local_max;
         }
         const Acc new_max = m::lse_new_max(run_max[k], group_max(local_max, kThreadsPerRow));
@@ -319,22 +349,27 @@ __device__ void gradient_tile(const Problem<In>& p, const acc_t<In>* S, int ld_s
   constexpr int kCols = T / kThreadsPerRow;
   const int r = threadIdx.x / kThreadsPerRow, lane_in_row = threadIdx.x % kThreadsPerRow;
   const Acc inv_m = Acc(1) / Acc(p.M), num_cols = Acc(p.K);
+  Acc s[kCols], grad[kCols], w[kCols];
+#pragma unroll
+  for (int q = 0; q < kCols; ++q) {
+    s[q] = S[r * ld_s + lane_in_row + kThreadsPerRow * q];
+    grad[q] = 0;
+  }
+#pragma unroll
+  for (int k = 0; k < kMaxP; ++k) {
+    if (k < p.P) {
+      tile_affinities(phi_rows_s, phi_cols_s, r, lane_in_row, k, T, p.P, p.M, inv_m, w);
+#pragma unroll
+      for (int q = 0; q < kCols; ++q) {
+        const Acc prob = exp_nonpositive(m::push_logit(s[q], w[q], p.inv_tau) - lse_row[k]);
+        grad[q] += m::pair_grad(w[q], prob, g_row[k], p.inv_tau, num_cols);
+      }
+    }
+  }
 #pragma unroll
   for (int q = 0; q < kCols; ++q) {
     const int j = lane_in_row + kThreadsPerRow * q;
-    Acc grad = 0;
-    if (row_valid && j < valid_cols) {
-      const Acc s = S[r * ld_s + j];
-#pragma unroll
-      for (int k = 0; k < kMaxP; ++k) {
-        if (k < p.P) {
-          const Acc w = tile_affinity(phi_rows_s, phi_cols_s, r, j, k, T, p.P, p.M, inv_m);
-          const Acc prob = exp_nonpositive(m::push_logit(s, w, p.inv_tau) - lse_row[k]);
-          grad += m::pair_grad(w, prob, g_row[k], p.inv_tau, num_cols);
-        }
-      }
-    }
-    G[r * ld_g + j] = convert<In>(grad);
+    G[r * ld_g + j] = convert<In>(row_valid && j < valid_cols ? grad[q] : Acc(0));
   }
 }
 
@@ -496,11 +531,32 @@ __global__ void normalize_backward_kernel(const acc_t<In>* d_hat, const In* x, c
 
 inline int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
 
+// Opt-in shared memory per block of the current device (cached per device).
 inline int max_shared_memory() {
-  int device = 0, bytes = 0;
+  constexpr int kMaxDevices = 64;
+  static int cached[kMaxDevices] = {};
+  int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
+  if (device >= kMaxDevices || cached[device] == 0) {
+    int bytes = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (device >= kMaxDevices) return bytes;
+    cached[device] = bytes;
+  }
+  return cached[device];
+}
+
+// Lets `kKernel` use up to the device's opt-in shared memory (once per kernel and device).
+template <auto kKernel>
+void allow_shared_memory() {
+  static uint64_t done = 0;  // one bit per device
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (bit != 0 && (done & bit)) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      max_shared_memory()));
+  done |= bit;
 }
 
 // The largest square tile whose shared memory fits: 64, 32 or 16 rows.
@@ -571,7 +627,7 @@ template <typename In, int T>
 void launch_forward(const Problem<In>& p, int64_t B, acc_t<In>* loss, acc_t<In>* lse) {
   const Layout<In> L(T, p.Cp, p.P, p.M, 0);
   auto kernel = dragsaw_forward_kernel<In, T>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L.total)));
+  allow_shared_memory<dragsaw_forward_kernel<In, T>>();
   const dim3 grid(unsigned(ceil_div(p.N, T)), unsigned(B));
   kernel<<<grid, T * kThreadsPerRow, L.total, at::cuda::getCurrentCUDAStream()>>>(p, loss, lse);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -584,7 +640,7 @@ void launch_backward(const Problem<In>& p, int64_t B, const acc_t<In>* grad, con
   if (atomic) {
     const Layout<In> L(T, p.Cp, p.P, p.M, 2);
     auto kernel = dragsaw_backward_rows_kernel<In, T, true>;
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L.total)));
+    allow_shared_memory<dragsaw_backward_rows_kernel<In, T, true>>();
     kernel<<<dim3(unsigned(ceil_div(p.N, T)), unsigned(B)), T * kThreadsPerRow, L.total, stream>>>(
         p, grad, lse, d_rows_hat, d_cols_hat);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -592,12 +648,12 @@ void launch_backward(const Problem<In>& p, int64_t B, const acc_t<In>* grad, con
   }
   const Layout<In> L(T, p.Cp, p.P, p.M, 1);
   auto rows_kernel = dragsaw_backward_rows_kernel<In, T, false>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L.total)));
+  allow_shared_memory<dragsaw_backward_rows_kernel<In, T, false>>();
   rows_kernel<<<dim3(unsigned(ceil_div(p.N, T)), unsigned(B)), T * kThreadsPerRow, L.total, stream>>>(
       p, grad, lse, d_rows_hat, d_cols_hat);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   auto cols_kernel = dragsaw_backward_cols_kernel<In, T>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(cols_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L.total)));
+  allow_shared_memory<dragsaw_backward_cols_kernel<In, T>>();
   cols_kernel<<<dim3(unsigned(ceil_div(p.K, T)), unsigned(B)), T * kThreadsPerRow, L.total, stream>>>(
       p, grad, lse, d_cols_hat);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -642,7 +698,9 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const a
   const Problem<In>& p = prep.problem;
   const at::Tensor grad_acc = grad.to(acc_dtype).contiguous();
   const at::Tensor lse_acc = lse.to(acc_dtype).contiguous();
-  const bool atomic = backward_variant_name() == "atomic";
+  // atomics add in a run-dependent order: deterministic mode takes the split variant
+  const bool atomic =
+      backward_variant_name() == "atomic" && !at::globalContext().deterministicAlgorithms();
   at::Tensor d_rows_hat = at::empty({B, N, p.Cp}, rows.options().dtype(acc_dtype));
   at::Tensor d_cols_hat = atomic ? at::zeros({B, K, p.Cp}, rows.options().dtype(acc_dtype))
                                  : at::empty({B, K, p.Cp}, rows.options().dtype(acc_dtype));
