@@ -39,7 +39,7 @@ bench: build
 CUDA_VENV ?= .venv-cuda
 CUDA_PY := $(CUDA_VENV)/bin/python
 CUDA_HOME ?= /usr/local/cuda
-CUDA_ARCHS ?= 8.0;9.0+PTX
+CUDA_ARCHS ?= 8.0;9.0
 
 $(CUDA_VENV)/.deps:
 	@test -x $(CUDA_PY) || $(PYTHON) -m venv $(CUDA_VENV)
