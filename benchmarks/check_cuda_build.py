@@ -6,7 +6,8 @@ import sys
 
 import torch
 
-OPS = ["rf_boxes", "foreground_ratios", "dragsaw_loss", "dragsaw_loss_backward"]
+OPS = ["rf_boxes", "foreground_ratios", "dragsaw_loss", "dragsaw_loss_backward", "uafr_reweight",
+       "uafr_reweight_backward"]
 
 
 def main(build_lib: str) -> int:

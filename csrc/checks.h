@@ -114,4 +114,28 @@ inline void check_rf_inputs(const at::Tensor& positions, at::IntArrayRef size,
   TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1, op, ": stride must be >= 1, got ", stride);
 }
 
+// features (B, C, H, W) and logits (B, M, H, W), M >= 2, same dtype and device.
+inline void check_uafr_inputs(const at::Tensor& features, const at::Tensor& logits) {
+  constexpr const char* op = "uafr_reweight";
+  TORCH_CHECK(features.dim() == 4, op, ": features must have shape (B, C, H, W), got ",
+              features.sizes());
+  TORCH_CHECK(logits.dim() == 4, op, ": logits must have shape (B, M, H, W), got ", logits.sizes());
+  TORCH_CHECK(is_supported_float(features), op,
+              ": features must be float16, bfloat16, float32 or float64, got ", features.scalar_type());
+  TORCH_CHECK(logits.scalar_type() == features.scalar_type(), op, ": logits dtype ",
+              logits.scalar_type(), " differs from features dtype ", features.scalar_type());
+  TORCH_CHECK(logits.size(0) == features.size(0) && logits.size(2) == features.size(2) &&
+                  logits.size(3) == features.size(3),
+              op, ": logits must have shape (B=", features.size(0), ", M, H=", features.size(2),
+              ", W=", features.size(3), "), got ", logits.sizes());
+  TORCH_CHECK(logits.size(1) >= 2, op, ": logits need at least 2 maps (M >= 2) for a normalised "
+              "entropy, got M=", logits.size(1));
+  check_same_device(op, "features", features, "logits", logits);
+}
+
+// The uncertainty map's dtype: float32 for half-precision features, else theirs.
+inline at::ScalarType uafr_stat_dtype(const at::Tensor& features) {
+  return dragsaw_output_dtype(features);
+}
+
 }  // namespace pdcr

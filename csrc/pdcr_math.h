@@ -10,6 +10,7 @@
 // different instruction-set targets, and must not pull in shared inline code from libtorch.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
@@ -23,6 +24,9 @@
 
 namespace pdcr {
 namespace math {
+
+using std::exp;  // float and double overloads, on the host and on the device
+using std::log;
 
 // Smallest norm used when normalising a feature vector (eq. 8): v̂ = v / max(‖v‖, kNormEps).
 // Same value as torch.nn.functional.normalize(eps=1e-8) in the reference.
@@ -83,6 +87,18 @@ PDCR_HD I box_count(const I* integral, int64_t H, int64_t W, int64_t y0, int64_t
 template <typename T>
 PDCR_HD T foreground_ratio(int64_t count, int64_t area) {
   return area > 0 ? T(count) / T(area) : T(0);
+}
+
+// All M ratios of one box (y0, x0, y1, x1) from M integral images plane_stride apart.
+template <typename T, typename I>
+PDCR_HD void box_ratios(const I* integrals, int64_t plane_stride, int64_t H, int64_t W, int64_t M,
+                        int64_t y0, int64_t x0, int64_t y1, int64_t x1, bool inside_area, T* out) {
+  const int64_t full_area = (y1 - y0 + 1) * (x1 - x0 + 1);
+  for (int64_t m = 0; m < M; ++m) {
+    int64_t inside = 0;
+    const int64_t count = box_count(integrals + m * plane_stride, H, W, y0, x0, y1, x1, &inside);
+    out[m] = foreground_ratio<T>(count, inside_area ? inside : full_area);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,6 +172,46 @@ PDCR_HD T clamped_norm(T norm) {
 template <typename T, typename S>
 PDCR_HD T normalize_backward(T g, T vhat, S vhat_dot_g, S inv_norm, bool norm_clamped) {
   return norm_clamped ? g * inv_norm : (g - vhat * vhat_dot_g) * inv_norm;
+}
+
+// ---------------------------------------------------------------------------------------------
+// UAFR (eqs. 13-15): per pixel, the softmax A of the M predicted maps (eq. 13), its normalised
+// Shannon entropy U = -Σ_m a_m log a_m / log M (eq. 14; the log base cancels) and the re-weighting
+// Q̂ = Q · (1 + (1 - U)) (eq. 15).
+//
+// uafr_stats reads the M logits z_m (stride apart, any type convertible to T) and returns U; the
+// log-sum-exp of the logits is returned through *lse so that log a_m = z_m - lse stays finite when
+// a_m underflows to 0.
+template <typename T, typename In>
+PDCR_HD T uafr_stats(const In* z, int64_t stride, int64_t M, T* lse) {
+  T zmax = T(z[0]);
+  for (int64_t m = 1; m < M; ++m) zmax = maxval(zmax, T(z[m * stride]));
+  // With d_m = zmax - z_m >= 0 and e_m = exp(-d_m): a_m = e_m / Σe and -log a_m = d_m + log Σe,
+  // so H = -Σ a_m log a_m = log Σe + Σ e_m d_m / Σe: M exps and one log, every term >= 0.
+  T sum = 0, weighted = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    const T d = zmax - T(z[m * stride]);
+    const T e = exp(-d);
+    sum += e;
+    weighted += e * d;
+  }
+  const T log_sum = log(sum);
+  *lse = zmax + log_sum;
+  return (log_sum + weighted / sum) / log(T(M));
+}
+
+// The factor Q̂ / Q of eq. 15.
+template <typename T>
+PDCR_HD T uafr_scale(T uncertainty) {
+  return 2 - uncertainty;
+}
+
+// Backward of U with respect to one logit, given ∂L/∂U:
+//   ∂U/∂z_m = -a_m (log a_m + H) / log M,  H = U log M  (softmax and entropy combined).
+template <typename T>
+PDCR_HD T uafr_logit_grad(T d_uncertainty, T z_m, T lse, T uncertainty, T log_num_maps) {
+  const T log_a = z_m - lse;
+  return -d_uncertainty * exp(log_a) * (log_a + uncertainty * log_num_maps) / log_num_maps;
 }
 
 }  // namespace math

@@ -75,3 +75,28 @@ if NATIVE:
     torch.library.register_autograd(
         "pdcr::dragsaw_loss", _dragsaw_backward, setup_context=_dragsaw_setup_context
     )
+
+    @torch.library.register_fake("pdcr::uafr_reweight")
+    def _uafr_reweight_fake(features, logits):
+        B, _, H, W = features.shape
+        return (
+            features.new_empty(features.shape),
+            features.new_empty((B, H, W), dtype=_loss_dtype(features.dtype)),
+        )
+
+    @torch.library.register_fake("pdcr::uafr_reweight_backward")
+    def _uafr_reweight_backward_fake(grad, features, logits):
+        return features.new_empty(features.shape), logits.new_empty(logits.shape)
+
+    def _uafr_setup_context(ctx, inputs, output):
+        features, logits = inputs
+        ctx.save_for_backward(features, logits)
+        ctx.mark_non_differentiable(output[1])  # the uncertainty map is for figures
+
+    def _uafr_backward(ctx, grad_out, _grad_uncertainty):
+        features, logits = ctx.saved_tensors
+        return tuple(torch.ops.pdcr.uafr_reweight_backward(grad_out, features, logits))
+
+    torch.library.register_autograd(
+        "pdcr::uafr_reweight", _uafr_backward, setup_context=_uafr_setup_context
+    )

@@ -74,14 +74,8 @@ at::Tensor foreground_ratios_cpu(const at::Tensor& labels, const at::Tensor& box
   at::parallel_for(0, B * N, 64, [&](int64_t begin, int64_t end) {
     for (int64_t bn = begin; bn < end; ++bn) {
       const int64_t b = bn / N, n = bn % N;
-      const int64_t y0 = box[b][n][0], x0 = box[b][n][1], y1 = box[b][n][2], x1 = box[b][n][3];
-      const int64_t full_area = (y1 - y0 + 1) * (x1 - x0 + 1);
-      for (int64_t cls = 0; cls < M; ++cls) {
-        int64_t inside = 0;
-        const int64_t count =
-            m::box_count(I + (b * M + cls) * (H + 1) * (W + 1), H, W, y0, x0, y1, x1, &inside);
-        out[bn * M + cls] = m::foreground_ratio<float>(count, inside_area ? inside : full_area);
-      }
+      m::box_ratios(I + b * M * (H + 1) * (W + 1), (H + 1) * (W + 1), H, W, M, box[b][n][0],
+                    box[b][n][1], box[b][n][2], box[b][n][3], inside_area, out + bn * M);
     }
   });
   return ratios;

@@ -176,6 +176,23 @@ struct Layout {
   }
 };
 
+// Typed pointers into one block's shared memory, as laid out by Layout.
+template <typename In>
+struct Tiles {
+  using Acc = acc_t<In>;
+  In *rows, *cols, *G;
+  Acc *S, *acc, *acc2, *phi_rows, *phi_cols;
+  __device__ Tiles(unsigned char* smem, const Layout<In>& L)
+      : rows(reinterpret_cast<In*>(smem + L.rows)),
+        cols(reinterpret_cast<In*>(smem + L.cols)),
+        G(reinterpret_cast<In*>(smem + L.g)),
+        S(reinterpret_cast<Acc*>(smem + L.s)),
+        acc(reinterpret_cast<Acc*>(smem + L.acc)),
+        acc2(reinterpret_cast<Acc*>(smem + L.acc2)),
+        phi_rows(reinterpret_cast<Acc*>(smem + L.phi_rows)),
+        phi_cols(reinterpret_cast<Acc*>(smem + L.phi_cols)) {}
+};
+
 template <typename In>
 struct Problem {
   using Acc = acc_t<In>;
@@ -263,11 +280,9 @@ __global__ void __launch_bounds__(T * kThreadsPerRow)
   constexpr int kCols = T / kThreadsPerRow;  // columns of a tile per thread
   extern __shared__ __align__(128) unsigned char smem[];
   const Layout<In> L(T, p.Cp, p.P, p.M, 0);
-  In* rows_s = reinterpret_cast<In*>(smem + L.rows);
-  In* cols_s = reinterpret_cast<In*>(smem + L.cols);
-  Acc* S = reinterpret_cast<Acc*>(smem + L.s);
-  Acc* phi_rows_s = reinterpret_cast<Acc*>(smem + L.phi_rows);
-  Acc* phi_cols_s = reinterpret_cast<Acc*>(smem + L.phi_cols);
+  const Tiles<In> t(smem, L);
+  In *rows_s = t.rows, *cols_s = t.cols;
+  Acc *S = t.S, *phi_rows_s = t.phi_rows, *phi_cols_s = t.phi_cols;
 
   const int64_t b = blockIdx.y, i0 = int64_t(blockIdx.x) * T;
   const int r = threadIdx.x / kThreadsPerRow, lane_in_row = threadIdx.x % kThreadsPerRow;
@@ -393,14 +408,10 @@ __global__ void __launch_bounds__(T * kThreadsPerRow)
   using Acc = acc_t<In>;
   extern __shared__ __align__(128) unsigned char smem[];
   const Layout<In> L(T, p.Cp, p.P, p.M, kAtomicCols ? 2 : 1);
-  In* rows_s = reinterpret_cast<In*>(smem + L.rows);
-  In* cols_s = reinterpret_cast<In*>(smem + L.cols);
-  Acc* S = reinterpret_cast<Acc*>(smem + L.s);
-  In* G = reinterpret_cast<In*>(smem + L.g);
-  Acc* d_rows_s = reinterpret_cast<Acc*>(smem + L.acc);
-  Acc* d_cols_s = reinterpret_cast<Acc*>(smem + L.acc2);
-  Acc* phi_rows_s = reinterpret_cast<Acc*>(smem + L.phi_rows);
-  Acc* phi_cols_s = reinterpret_cast<Acc*>(smem + L.phi_cols);
+  const Tiles<In> t(smem, L);
+  In *rows_s = t.rows, *cols_s = t.cols, *G = t.G;
+  Acc *S = t.S, *d_rows_s = t.acc, *d_cols_s = t.acc2, *phi_rows_s = t.phi_rows,
+      *phi_cols_s = t.phi_cols;
 
   const int64_t b = blockIdx.y, i0 = int64_t(blockIdx.x) * T;
   const int r = threadIdx.x / kThreadsPerRow;
@@ -448,13 +459,9 @@ __global__ void __launch_bounds__(T * kThreadsPerRow)
   using Acc = acc_t<In>;
   extern __shared__ __align__(128) unsigned char smem[];
   const Layout<In> L(T, p.Cp, p.P, p.M, 1);
-  In* rows_s = reinterpret_cast<In*>(smem + L.rows);
-  In* cols_s = reinterpret_cast<In*>(smem + L.cols);
-  Acc* S = reinterpret_cast<Acc*>(smem + L.s);
-  In* G = reinterpret_cast<In*>(smem + L.g);
-  Acc* d_cols_s = reinterpret_cast<Acc*>(smem + L.acc);
-  Acc* phi_rows_s = reinterpret_cast<Acc*>(smem + L.phi_rows);
-  Acc* phi_cols_s = reinterpret_cast<Acc*>(smem + L.phi_cols);
+  const Tiles<In> t(smem, L);
+  In *rows_s = t.rows, *cols_s = t.cols, *G = t.G;
+  Acc *S = t.S, *d_cols_s = t.acc, *phi_rows_s = t.phi_rows, *phi_cols_s = t.phi_cols;
 
   const int64_t b = blockIdx.y, j0 = int64_t(blockIdx.x) * T;
   const int r = threadIdx.x / kThreadsPerRow;

@@ -69,13 +69,8 @@ __global__ void box_ratios_kernel(const int32_t* integral, const int64_t* boxes,
     atomicOr(error, kBadBox);
     return;
   }
-  const int64_t full_area = (y1 - y0 + 1) * (x1 - x0 + 1);
-  for (int64_t cls = 0; cls < M; ++cls) {
-    int64_t inside = 0;
-    const int64_t count =
-        math::box_count(integral + (b * M + cls) * (H + 1) * (W + 1), H, W, y0, x0, y1, x1, &inside);
-    ratios[bn * M + cls] = math::foreground_ratio<float>(count, inside_area ? inside : full_area);
-  }
+  math::box_ratios(integral + b * M * (H + 1) * (W + 1), (H + 1) * (W + 1), H, W, M, y0, x0, y1, x1,
+                   inside_area, ratios + bn * M);
 }
 
 at::Tensor foreground_ratios_cuda(const at::Tensor& labels, const at::Tensor& boxes,

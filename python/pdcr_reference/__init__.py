@@ -14,6 +14,7 @@ from .loss import (
     dragsaw_row_loss,
 )
 from .ratios import foreground_ratios
+from .uafr import uafr_reweight, uncertainty
 
 __all__ = [
     "LayerSpec",
@@ -28,4 +29,6 @@ __all__ = [
     "affinity",
     "dragsaw_row_loss",
     "dragsaw_loss_eq12",
+    "uncertainty",
+    "uafr_reweight",
 ]

@@ -1,0 +1,94 @@
+"""UAFR: uncertainty-aware feature re-weighting (eqs. 13-15) as an nn.Module."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import pdcr_reference as ref
+
+from . import _checks, _ops
+
+
+def uafr_reweight(features: torch.Tensor, logits: torch.Tensor, *, backend: str = "auto"):
+    """Q_hat = Q * (1 + (1 - U)), U the normalised entropy of softmax(logits) over the maps.
+
+    Args:
+        features: Q, (B, C, H, W) float.
+        logits: F(Q), (B, M, H, W) with M >= 2, same dtype and device.
+        backend: "auto" (the fused native op when built for the device), "native", "reference".
+
+    Returns:
+        (Q_hat (B, C, H, W), U (B, H, W)); U is float32 for half-precision inputs and carries no
+        gradient (it is kept for figures).
+    """
+    features = _checks.tensor("features", features, ndim=4, shape_doc="(B, C, H, W)", floating=True)
+    logits = _checks.tensor("logits", logits, ndim=4, shape_doc="(B, M, H, W)", floating=True)
+    B, _, H, W = features.shape
+    if logits.shape[0] != B or logits.shape[2:] != features.shape[2:]:
+        raise ValueError(f"logits must have shape (B={B}, M, H={H}, W={W}), got {tuple(logits.shape)}")
+    if logits.shape[1] < 2:
+        raise ValueError(f"logits need at least 2 maps (M >= 2) for a normalised entropy, got M={logits.shape[1]}")
+    if logits.dtype != features.dtype:
+        raise ValueError(f"logits dtype {logits.dtype} differs from features dtype {features.dtype}")
+    _checks.same_device(features=features, logits=logits)
+    _checks.choice("backend", backend, _checks.BACKENDS)
+    device = features.device
+    native = _ops.NATIVE and (device.type == "cpu" or (device.type == "cuda" and _ops.has_cuda_kernels()))
+    if backend == "native" and not native:
+        raise ValueError(f"backend='native' is unavailable for device {device}")
+    if backend != "reference" and native:
+        out, u = torch.ops.pdcr.uafr_reweight(features, logits)
+        return out, u
+    out, u = ref.uafr_reweight(features, logits)
+    return out, u.detach()
+
+
+class UAFR(nn.Module):
+    """Uncertainty-aware feature re-weighting (Liu et al., eqs. 13-15).
+
+    F = k x k conv -> BatchNorm -> ReLU -> 1 x 1 conv to M maps; A = softmax over the maps;
+    U = normalised Shannon entropy of A (log2, divided by log2 M); output Q * (1 + (1 - U)).
+    Confident pixels are amplified up to 2x, uniform ones (U = 1) pass unchanged. No supervision.
+
+    Args:
+        in_channels: C of the feature map Q (B, C, H, W).
+        num_maps: M >= 2 (the paper finds M = number of classes best).
+        hidden_channels: width of the k x k conv; default min(C, 64). The paper does not give it;
+            64 keeps UAFR a light plug-in (about 1.6 M parameters on a UNet of base width 64,
+            where the paper reports +1.5 M).
+        kernel_size: k (odd; the paper finds 3 best).
+        backend: "auto", "native" or "reference" for the fused re-weighting step.
+
+    Shapes: (B, C, H, W) -> (B, C, H, W). The last uncertainty map (B, H, W) is kept in
+    `.uncertainty` (detached) for figures.
+    """
+
+    def __init__(self, in_channels: int, num_maps: int = 2, hidden_channels: int | None = None,
+                 kernel_size: int = 3, backend: str = "auto"):
+        super().__init__()
+        for name, value, minimum in (("in_channels", in_channels, 1), ("num_maps", num_maps, 2),
+                                     ("kernel_size", kernel_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (same-size output), got {kernel_size}")
+        hidden = min(in_channels, 64) if hidden_channels is None else hidden_channels
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ValueError(f"hidden_channels must be an int >= 1, got {hidden_channels!r}")
+        _checks.choice("backend", backend, _checks.BACKENDS)
+        self.backend = backend
+        self.num_maps = num_maps
+        self.head = nn.Sequential(  # F (eq. 13)
+            nn.Conv2d(in_channels, hidden, kernel_size, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, num_maps, 1),
+        )
+        self.uncertainty: torch.Tensor | None = None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logits = self.head(features)
+        out, u = uafr_reweight(features, logits.to(features.dtype), backend=self.backend)
+        self.uncertainty = u.detach()
+        return out
