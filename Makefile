@@ -32,6 +32,7 @@ test: build
 
 bench: build
 	$(PY) benchmarks/bench_ops.py
+	$(PY) benchmarks/bench_uafr.py
 
 # Compile check of the CUDA sources (CI, where nvcc is present; no GPU needed): a separate venv
 # with the CUDA build of torch, FORCE_CUDA=1, then load the library and check that every op has a

@@ -7,8 +7,11 @@ pure-PyTorch reference in ``pdcr_reference``.
 
 from . import _ops
 from .functional import affinity, dragsaw_loss, foreground_ratios
-from .geometry import ReceptiveField, patch_boxes, receptive_field, rf_boxes
+from .geometry import ReceptiveField, patch_boxes, receptive_field, receptive_field_of, rf_boxes
+from .loss import PDCRLoss
+from .plugin import PDCRHandle, attach
 from .sampling import grid_positions
+from .uafr import UAFR, uafr_reweight
 
 __version__ = "0.1.0"
 
@@ -18,9 +21,15 @@ has_cuda_kernels = _ops.has_cuda_kernels
 __all__ = [
     "ReceptiveField",
     "receptive_field",
+    "receptive_field_of",
     "rf_boxes",
     "patch_boxes",
     "grid_positions",
+    "UAFR",
+    "PDCRLoss",
+    "attach",
+    "PDCRHandle",
+    "uafr_reweight",
     "foreground_ratios",
     "affinity",
     "dragsaw_loss",

@@ -172,3 +172,192 @@ def patch_boxes(centers: torch.Tensor, size: int) -> torch.Tensor:
         raise ValueError(f"size must be an int >= 1, got {size!r}")
     offset = -((size - 1) // 2)
     return _boxes(_positions("centers", centers), (size, size), (1, 1), (offset, offset))
+
+
+# ---------------------------------------------------------------------------------------------
+# Receptive fields traced from a model
+
+
+class _Node(NamedTuple):
+    spec: object  # (LayerSpec rows, LayerSpec cols), None for identity, or a str: why unsupported
+    parents: tuple
+    tensor: torch.Tensor  # kept alive so that ids stay unique during the trace
+
+
+def _as_pair(value, default):
+    if value is None:
+        value = default
+    if isinstance(value, (tuple, list)):
+        return (int(value[0]), int(value[-1]))
+    return (int(value), int(value))
+
+
+def _arg(args, kwargs, index, name, default=None):
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else default
+
+
+_CONV = {torch.conv2d, torch.nn.functional.conv2d}
+_MAX_POOL = {torch.nn.functional.max_pool2d, torch.max_pool2d,
+             torch.nn.functional.max_pool2d_with_indices}
+_AVG_POOL = {torch.nn.functional.avg_pool2d, torch._C._nn.avg_pool2d}
+_UPSAMPLING = {torch.nn.functional.interpolate, torch.nn.functional.upsample,
+               torch.nn.functional.conv_transpose2d, torch.conv_transpose2d,
+               torch.nn.functional.pixel_shuffle, torch.nn.functional.adaptive_avg_pool2d,
+               torch.nn.functional.adaptive_max_pool2d}
+
+
+def _spec_of(func, args, kwargs):
+    """Per-axis LayerSpecs of a spatial op, None for ops that keep the grid, or a reason string."""
+    if func in _CONV:
+        weight = _arg(args, kwargs, 1, "weight")
+        kernel = tuple(int(k) for k in weight.shape[-2:])
+        stride = _as_pair(_arg(args, kwargs, 3, "stride"), 1)
+        dilation = _as_pair(_arg(args, kwargs, 5, "dilation"), 1)
+        padding = _arg(args, kwargs, 4, "padding", 0)
+        if padding == "valid":
+            padding = 0
+        elif padding == "same":
+            padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+        padding = _as_pair(padding, 0)
+    elif func in _MAX_POOL or func in _AVG_POOL:
+        kernel = _as_pair(_arg(args, kwargs, 1, "kernel_size"), 1)
+        stride = _as_pair(_arg(args, kwargs, 2, "stride") or kernel, 1)
+        padding = _as_pair(_arg(args, kwargs, 3, "padding"), 0)
+        dilation = _as_pair(_arg(args, kwargs, 4, "dilation"), 1) if func in _MAX_POOL else (1, 1)
+    elif func in _UPSAMPLING:
+        return f"{getattr(func, '__name__', func)} (receptive fields are defined for encoder layers; use mode='hierarchical')"
+    else:
+        return None
+    return tuple(ref.LayerSpec(kernel[a], stride[a], padding[a], dilation[a]) for a in (0, 1))
+
+
+class _Trace(torch.overrides.TorchFunctionMode):
+    """Records, for every 4-D tensor an op produces, the op's geometry and its 4-D inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.nodes: dict[int, _Node] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = [t for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor) and t.dim() == 4]
+        if func in _CONV or func in _MAX_POOL or func in _AVG_POOL:
+            inputs = inputs[:1]  # the data, not the weights
+        outputs = [t for t in torch.utils._pytree.tree_leaves(out)
+                   if isinstance(t, torch.Tensor) and t.dim() == 4]
+        spec = _spec_of(func, args, kwargs)
+        for o in outputs:
+            if any(o is i for i in inputs):
+                continue  # in-place: the grid is unchanged
+            node_spec = spec
+            if spec is None and any(i.shape[-2:] != o.shape[-2:] for i in inputs):
+                node_spec = f"{getattr(func, '__name__', func)} (changes the grid in a way this trace does not model)"
+            self.nodes[id(o)] = _Node(node_spec, tuple(id(i) for i in inputs), o)
+        return out
+
+
+def _compose(geometry, spec):
+    """(size, jump, offset) after one more layer on one axis (eqs. 5-7, incrementally)."""
+    size, jump, offset = geometry
+    return (size + (spec.effective_kernel - 1) * jump, jump * spec.stride, offset - spec.padding * jump)
+
+
+def receptive_field_of(model: nn.Module, layer: str, input_size=None, *, return_paths: bool = False):
+    """Receptive field of a named module's output, traced from the model.
+
+    Runs the model once on zeros of `input_size` ((C, H, W) or (B, C, H, W); default: the first
+    convolution's channels at 256 x 256) while recording every op, then composes the convolutions
+    and poolings (stride, padding, dilation; ceil_mode does not change the geometry) on the way
+    from the input to the module's output. Where paths merge (residual additions, concatenations)
+    the result is the path with the largest field, and a warning says so when the paths differ.
+
+    Returns:
+        ReceptiveField, or (ReceptiveField, list of every distinct path's ReceptiveField) when
+        `return_paths` is true.
+
+    Raises:
+        ValueError: unknown layer name, an output that is not (B, C, H, W), or an op on the path
+        whose geometry is not a box (upsampling, adaptive pooling: use mode="hierarchical").
+    """
+    import warnings
+
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ValueError(f"layer {layer!r} is not a module of the model; known: {_close_names(layer, modules)}")
+    if input_size is None:
+        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first_conv is None:
+            raise ValueError("input_size is required: the model has no nn.Conv2d to infer channels from")
+        input_size = (first_conv.in_channels, 256, 256)
+    input_size = tuple(int(v) for v in input_size)
+    if len(input_size) == 3:
+        input_size = (2,) + input_size
+    if len(input_size) != 4:
+        raise ValueError(f"input_size must be (C, H, W) or (B, C, H, W), got {input_size}")
+    parameter = next(model.parameters(), None)
+    x = torch.zeros(input_size, device=parameter.device if parameter is not None else "cpu",
+                    dtype=parameter.dtype if parameter is not None else torch.float32)
+    captured = {}
+    handle = modules[layer].register_forward_hook(lambda mod, inp, out: captured.setdefault("out", out))
+    was_training = model.training
+    trace = _Trace()
+    try:
+        model.eval()
+        with torch.no_grad(), trace:
+            model(x)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    out = captured.get("out")
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        raise ValueError(f"layer {layer!r} must output a (B, C, H, W) tensor, got "
+                         f"{type(out).__name__ if not isinstance(out, torch.Tensor) else tuple(out.shape)}")
+
+    memo: dict[int, list] = {}
+
+    def paths(node_id):  # every distinct (rows, cols) geometry reaching this tensor
+        if node_id in memo:
+            return memo[node_id]
+        if node_id == id(x) or node_id not in trace.nodes:
+            result = [((1, 1, 0), (1, 1, 0))] if node_id == id(x) else []
+        else:
+            node = trace.nodes[node_id]
+            if isinstance(node.spec, str):
+                upstream = [p for parent in node.parents for p in paths(parent)]
+                if upstream:
+                    raise ValueError(f"layer {layer!r}: the path from the input passes through {node.spec}")
+                result = []
+            else:
+                result = []
+                for parent in node.parents:
+                    for rows, cols in paths(parent):
+                        if node.spec is not None:
+                            rows, cols = _compose(rows, node.spec[0]), _compose(cols, node.spec[1])
+                        if (rows, cols) not in result:
+                            result.append((rows, cols))
+        memo[node_id] = result
+        return result
+
+    found = paths(id(out))
+    if not found:
+        raise ValueError(f"layer {layer!r}: its output does not depend on the model input through traced ops")
+    fields = [ReceptiveField(*[(r[i] if r[i] == c[i] else (r[i], c[i])) for i in range(3)]) for r, c in found]
+    best = max(range(len(found)), key=lambda i: found[i][0][0] * found[i][1][0])
+    if len(found) > 1:
+        warnings.warn(
+            f"layer {layer!r} is reached by {len(found)} paths with different receptive fields; "
+            f"using the largest, {fields[best]} (pass return_paths=True to see all)",
+            stacklevel=2,
+        )
+    return (fields[best], fields) if return_paths else fields[best]
+
+
+def _close_names(name, modules, limit=8):
+    import difflib
+
+    close = difflib.get_close_matches(name, [n for n in modules if n], n=limit)
+    return ", ".join(close) if close else ", ".join(list(n for n in modules if n)[:limit])

@@ -200,3 +200,35 @@ def test_opcheck_on_cuda():
     torch.library.opcheck(torch.ops.pdcr.foreground_ratios.default, (labels, boxes, 3, True))
     torch.library.opcheck(torch.ops.pdcr.rf_boxes.default,
                           (torch.randint(0, 9, (5, 2), device="cuda"), [3, 3], [2, 2], [-1, -1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_uafr_matches_reference(dtype):
+    import pdcr_reference as ref
+
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(2, 5, 17, 13, generator=g).to(dtype)
+    z = (3 * torch.randn(2, 3, 17, 13, generator=g)).to(dtype)
+    qc, zc = q.cuda().requires_grad_(), z.cuda().requires_grad_()
+    out, u = pdcr_ext.uafr_reweight(qc, zc, backend="native")
+    q64, z64 = q.double().requires_grad_(), z.double().requires_grad_()
+    want, want_u = ref.uafr_reweight(q64, z64)
+    weights = torch.randn(out.shape, dtype=torch.float64, generator=g)
+    (out.double() * weights.cuda()).sum().backward()
+    (want * weights).sum().backward()
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    assert rel_err(out.cpu(), want) < tol and rel_err(u.cpu(), want_u) < 1e-5
+    assert rel_err(qc.grad.cpu(), q64.grad) < tol and rel_err(zc.grad.cpu(), z64.grad) < 5 * tol
+
+
+def test_plugin_trains_on_cuda():
+    from models import EncoderDecoder
+
+    model = EncoderDecoder().cuda()
+    handle = pdcr_ext.attach(model, pdcr_layers=["enc2", "enc3"], cross_layers=[(0, 1)], uafr_layers=["enc2"],
+                             num_classes=2, samples=(32, 16), example_input=torch.zeros(2, 3, 32, 32, device="cuda"))
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    y = (x[:, 0] > 0).long()
+    loss = torch.nn.functional.cross_entropy(model(x), y) + handle.loss(y)
+    loss.backward()
+    assert torch.isfinite(loss) and model.enc1[0].weight.grad.abs().sum() > 0

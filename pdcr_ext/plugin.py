@@ -1,0 +1,184 @@
+"""attach(model, ...): PDCR and UAFR plugged into any segmentation model with forward hooks."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .geometry import _close_names, receptive_field_of
+from .loss import PDCRLoss
+from .uafr import UAFR
+
+_CONTAINER = "pdcr_plugin"
+
+
+class PDCRHandle:
+    """What attach() returns: the loss of the last forward, the UAFR maps, and remove()."""
+
+    def __init__(self, model, container, pdcr_layers, uafr_layers, hooks):
+        self.model = model
+        self.container = container
+        self.pdcr_layers = list(pdcr_layers)
+        self.uafr_layers = list(uafr_layers)
+        self._hooks = hooks
+        self._features: dict[str, torch.Tensor] = {}
+
+    @property
+    def pdcr(self) -> PDCRLoss | None:
+        return getattr(self.container, "pdcr", None)
+
+    @property
+    def uafr(self) -> dict[str, UAFR]:
+        return {name: self.container.uafr[_key(name)] for name in self.uafr_layers}
+
+    @property
+    def uncertainty(self) -> dict[str, torch.Tensor | None]:
+        """The last uncertainty map (B, H, W) of every UAFR layer, for figures."""
+        return {name: module.uncertainty for name, module in self.uafr.items()}
+
+    @property
+    def terms(self) -> dict[str, torch.Tensor]:
+        """Per-layer and per-pair terms of the last loss() (detached), for logging."""
+        return {} if self.pdcr is None else dict(self.pdcr.terms)
+
+    def loss(self, labels: torch.Tensor) -> torch.Tensor:
+        """PDCR (eq. 12, weighted) from the features of the model's last forward; labels (B, H, W)."""
+        if self.pdcr is None:
+            raise RuntimeError("attach() was called without pdcr_layers: there is no PDCR loss")
+        missing = [name for name in self.pdcr_layers if name not in self._features]
+        if missing:
+            raise RuntimeError(f"call the model before handle.loss(): no features yet from {missing}")
+        return self.pdcr([self._features[name] for name in self.pdcr_layers], labels)
+
+    def remove(self) -> None:
+        """Removes the hooks and the added modules: the model is as before attach()."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self._features = {}
+        if getattr(self.model, _CONTAINER, None) is self.container:
+            delattr(self.model, _CONTAINER)
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+def _output_shapes(model: nn.Module, names, example_input):
+    """Shapes of the named modules' outputs on one forward of example_input (no grad, eval)."""
+    modules = dict(model.named_modules())
+    shapes, hooks = {}, []
+    for name in names:
+        hooks.append(modules[name].register_forward_hook(
+            lambda mod, inp, out, name=name: shapes.setdefault(name, out)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    result = {}
+    for name in names:
+        out = shapes.get(name)
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            got = "no output" if out is None else (tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__)
+            raise ValueError(f"layer {name!r} must output a (B, C, h, w) tensor, got {got}")
+        result[name] = tuple(out.shape)
+    return result
+
+
+def attach(model: nn.Module, pdcr_layers: Sequence[str] = (), cross_layers=(),
+           uafr_layers: Sequence[str] = (), num_classes: int = 2, *, example_input=None,
+           uafr_options: dict | None = None, **pdcr_options) -> PDCRHandle:
+    """Plug PDCR and UAFR into `model` by module name.
+
+    Args:
+        model: any nn.Module whose named modules output (B, C, h, w) tensors.
+        pdcr_layers: names (as in model.named_modules()) whose outputs PDCR regularises.
+        cross_layers: pairs of names (or of indices into pdcr_layers) for cross-layer terms.
+        uafr_layers: names whose outputs UAFR re-weights (the re-weighted output is what the rest
+            of the model, and PDCR on that layer, see).
+        num_classes: M of the label map (UAFR predicts M maps too unless uafr_options say).
+        example_input: one input for the dry run that finds each layer's channels (and, in RF
+            mode, receptive fields); default zeros of (2, C_in, 256, 256), C_in from the first
+            nn.Conv2d.
+        uafr_options: keyword arguments of pdcr_ext.UAFR (hidden_channels, kernel_size, ...).
+        **pdcr_options: keyword arguments of pdcr_ext.PDCRLoss (mode, samples, patch_sizes, tau,
+            weight, ...). In mode="receptive_field" the fields are traced from the model unless
+            given.
+
+    Returns:
+        PDCRHandle: handle.loss(labels) after a forward; handle.remove() restores the model. The
+        UAFR modules and the cross-layer projections become submodules of the model (attribute
+        `pdcr_plugin`), so model.parameters() and state_dict() include them; create the
+        optimizer after attach().
+    """
+    if getattr(model, _CONTAINER, None) is not None:
+        raise ValueError("the model already has PDCR/UAFR attached; call handle.remove() first")
+    modules = dict(model.named_modules())
+    pdcr_layers, uafr_layers = list(pdcr_layers), list(uafr_layers)
+    for name in pdcr_layers + uafr_layers:
+        if name not in modules or name == "":
+            raise ValueError(f"unknown layer {name!r}; close names: {_close_names(name, modules)}")
+    pairs = []
+    for pair in cross_layers:
+        a, b = (p if isinstance(p, int) else pdcr_layers.index(p) if p in pdcr_layers else None for p in pair)
+        if a is None or b is None or not (0 <= a < len(pdcr_layers) and 0 <= b < len(pdcr_layers)):
+            raise ValueError(f"cross_layers pair {pair!r} must name two of pdcr_layers {pdcr_layers}")
+        pairs.append((a, b))
+
+    if example_input is None:
+        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first_conv is None:
+            raise ValueError("example_input is required: the model has no nn.Conv2d to infer it from")
+        parameter = next(model.parameters())
+        example_input = torch.zeros(2, first_conv.in_channels, 256, 256, device=parameter.device,
+                                    dtype=parameter.dtype)
+    shapes = _output_shapes(model, list(dict.fromkeys(pdcr_layers + uafr_layers)), example_input)
+
+    container = nn.Module()
+    container.uafr = nn.ModuleDict()
+    uafr_options = dict(uafr_options or {})
+    uafr_options.setdefault("num_maps", max(num_classes, 2))
+    for name in uafr_layers:
+        container.uafr[_key(name)] = UAFR(shapes[name][1], **uafr_options)
+    if pdcr_layers:
+        if pdcr_options.get("mode") == "receptive_field" and pdcr_options.get("receptive_fields") is None:
+            pdcr_options["receptive_fields"] = [
+                receptive_field_of(model, name, tuple(example_input.shape)) for name in pdcr_layers]
+        container.pdcr = PDCRLoss(num_classes, cross_layers=pairs,
+                                  in_channels=[shapes[name][1] for name in pdcr_layers], **pdcr_options)
+    parameter = next(model.parameters(), None)
+    if parameter is not None:
+        container.to(parameter.device)
+    setattr(model, _CONTAINER, container)
+
+    handle = PDCRHandle(model, container, pdcr_layers, uafr_layers, [])
+
+    def reweight(name):
+        def hook(module, inputs, output):
+            _check_output(name, output)
+            return container.uafr[_key(name)](output)
+        return hook
+
+    def collect(name):
+        def hook(module, inputs, output):
+            _check_output(name, output)
+            handle._features[name] = output
+        return hook
+
+    hooks = [modules[name].register_forward_hook(reweight(name)) for name in uafr_layers]
+    hooks += [modules[name].register_forward_hook(collect(name)) for name in pdcr_layers]
+    handle._hooks = hooks
+    return handle
+
+
+def _check_output(name, output):
+    if not isinstance(output, torch.Tensor) or output.dim() != 4:
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ValueError(f"layer {name!r} must output a (B, C, h, w) tensor, got {got}")

@@ -1,0 +1,138 @@
+"""PDCRLoss: eq. 12 from features and labels — semantics, training behaviour, edge cases."""
+
+import pytest
+import torch
+
+import pdcr_ext
+import pdcr_reference as ref
+from models import EncoderDecoder
+
+
+def _labels(B, H, W, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    centres = torch.rand(B, 2, generator=g) * torch.tensor([H, W])
+    radius = (0.2 + 0.2 * torch.rand(B, generator=g)) * min(H, W)
+    d = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
+    return (d < radius[:, None, None] ** 2).long()
+
+
+def test_single_layer_term_is_eq9_on_the_sampled_patches():
+    torch.manual_seed(0)
+    feature = torch.randn(2, 6, 8, 10, dtype=torch.float64)
+    labels = _labels(2, 32, 40)
+    loss = pdcr_ext.PDCRLoss(2, samples=12, weight=1.0, reduction="sum", position_encoding=False)
+    total = loss([feature], labels)
+    # the same by hand: grid positions, centred patches 5/7/9, ratios, eq. 9 summed
+    pos = pdcr_ext.grid_positions(8, 10, 12)
+    centres = torch.stack([((2 * pos[:, 0] + 1) * 32) // 16, ((2 * pos[:, 1] + 1) * 40) // 20], 1)
+    phi = torch.stack([ref.foreground_ratios(labels, pdcr_ext.patch_boxes(centres, s).expand(2, -1, -1), 2)
+                       for s in (5, 7, 9)], 1).double()
+    rows = feature[:, :, pos[:, 0], pos[:, 1]].transpose(1, 2)
+    want = ref.dragsaw_row_loss(rows, phi, rows, phi, 0.5).sum()
+    torch.testing.assert_close(total, want)
+
+
+def test_position_encoding_appends_the_normalised_box():
+    feature = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    with_code = pdcr_ext.PDCRLoss(2, samples=16, weight=1.0, reduction="sum")
+    pos = pdcr_ext.grid_positions(4, 4, 16)
+    centres = pos * 4 + 2
+    box = pdcr_ext.patch_boxes(centres, 7).double() / 16
+    rows = torch.cat([feature[:, :, pos[:, 0], pos[:, 1]].transpose(1, 2), box[None]], -1)
+    phi = torch.zeros(1, 3, 16, 2, dtype=torch.float64)
+    for k, s in enumerate((5, 7, 9)):
+        phi[0, k] = ref.foreground_ratios(labels, pdcr_ext.patch_boxes(centres, s)[None], 2)[0].double()
+    want = ref.dragsaw_row_loss(rows, phi, rows, phi, 0.5).sum()
+    torch.testing.assert_close(with_code([feature], labels), want)
+
+
+def test_per_image_losses_do_not_depend_on_the_batch():
+    torch.manual_seed(1)
+    feats = [torch.randn(4, 8, 16, 12), torch.randn(4, 16, 8, 6)]
+    labels = _labels(4, 64, 48)
+    loss = pdcr_ext.PDCRLoss(2, samples=(40, 20), cross_layers=[(0, 1)], in_channels=[8, 16], reduction="none")
+    batch = loss(feats, labels)
+    assert batch.shape == (4,)
+    for b in range(4):
+        alone = loss([f[b:b + 1] for f in feats], labels[b:b + 1])
+        torch.testing.assert_close(batch[b:b + 1], alone)
+
+
+def test_one_class_masks_and_empty_batches_give_finite_values():
+    loss = pdcr_ext.PDCRLoss(3, samples=(30, 10), cross_layers=[(0, 1)], in_channels=[4, 4])
+    feats = [torch.randn(2, 4, 12, 12, requires_grad=True), torch.randn(2, 4, 6, 6, requires_grad=True)]
+    for labels in (torch.zeros(2, 48, 48, dtype=torch.long), torch.full((2, 48, 48), 2)):
+        value = loss(feats, labels)
+        value.backward()
+        assert torch.isfinite(value) and all(torch.isfinite(f.grad).all() for f in feats)
+    empty = loss([f[:0] for f in feats], torch.zeros(0, 48, 48, dtype=torch.long))
+    assert empty.item() == 0
+
+
+def test_receptive_field_mode_uses_the_traced_fields():
+    model = EncoderDecoder()
+    rf = pdcr_ext.receptive_field_of(model, "enc3", (1, 3, 64, 64))
+    feature = torch.randn(2, 32, 16, 16, dtype=torch.float64)
+    labels = _labels(2, 64, 64)
+    loss = pdcr_ext.PDCRLoss(2, mode="receptive_field", receptive_fields=[rf], samples=20, weight=1.0,
+                             reduction="sum", position_encoding=False)
+    pos = pdcr_ext.grid_positions(16, 16, 20)
+    phi = ref.foreground_ratios(labels, pdcr_ext.rf_boxes(rf, pos).expand(2, -1, -1), 2)[:, None].double()
+    rows = feature[:, :, pos[:, 0], pos[:, 1]].transpose(1, 2)
+    torch.testing.assert_close(loss([feature], labels), ref.dragsaw_row_loss(rows, phi, rows, phi, 0.5).sum())
+
+
+def test_projections_are_parameters_that_the_optimizer_updates():
+    loss = pdcr_ext.PDCRLoss(2, samples=(20, 10), cross_layers=[(0, 1)], in_channels=[8, 16], weight=1.0)
+    names = [n for n, _ in loss.named_parameters()]
+    assert names == ["projections.0.weight", "projections.0.bias", "projections.1.weight", "projections.1.bias"]
+    assert loss.projections["0"].weight.shape == (32, 8, 1, 1)
+    opt = torch.optim.SGD(loss.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in loss.parameters()]
+    loss([torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)], _labels(2, 32, 32)).backward()
+    opt.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, loss.parameters()))
+
+
+def test_training_lowers_the_pdcr_term_and_reaches_the_encoder():
+    torch.manual_seed(0)
+    model = EncoderDecoder(width=8)
+    handle = pdcr_ext.attach(model, pdcr_layers=["enc2", "enc3"], cross_layers=[("enc2", "enc3")],
+                             num_classes=2, samples=(48, 24), weight=1.0, example_input=torch.zeros(2, 3, 32, 32))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x = torch.randn(8, 3, 32, 32)
+    y = _labels(8, 32, 32, seed=3)
+    x[:, 0] += 2.0 * y  # the label is visible in the image
+    values = []
+    for step in range(40):
+        opt.zero_grad()
+        model(x)
+        pdcr = handle.loss(y)
+        pdcr.backward()
+        if step == 0:
+            grad = model.enc1[0].weight.grad
+            assert grad is not None and grad.abs().sum() > 0  # the first encoder layer learns from PDCR
+        opt.step()
+        values.append(pdcr.item())
+    assert sum(values[-5:]) / 5 < 0.9 * sum(values[:5]) / 5, values
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="receptive_fields"):
+        pdcr_ext.PDCRLoss(2, mode="receptive_field")
+    with pytest.raises(ValueError, match="in_channels"):
+        pdcr_ext.PDCRLoss(2, cross_layers=[(0, 1)])
+    with pytest.raises(ValueError, match="hierarchical"):
+        pdcr_ext.PDCRLoss(2, mode="receptive_field", receptive_fields=[(3, 1, -1)] * 2, cross_layers=[(0, 1)],
+                          in_channels=[4, 4])
+    loss = pdcr_ext.PDCRLoss(2, samples=4)
+    with pytest.raises(ValueError, match="labels"):
+        loss([torch.randn(1, 3, 4, 4)], torch.rand(1, 8, 8))
+    with pytest.raises(ValueError, match=r"features\[0\]"):
+        loss([torch.randn(3, 4, 4)], torch.zeros(1, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch"):
+        loss([torch.randn(2, 3, 4, 4)], torch.zeros(1, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="samples"):
+        pdcr_ext.PDCRLoss(2, samples=0)
