@@ -16,13 +16,11 @@ $(VENV)/.deps: requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -r requirements-dev.txt
 	@touch $@
 
-# Editable install once (puts pdcr_ext and pdcr_reference on the path), then in-place ninja
-# rebuilds that recompile only what changed.
+# In-place ninja build (recompiles only what changed), and a .pth file that puts the package
+# (and the reference in python/) on the venv's path.
 $(VENV)/.built: $(VENV)/.deps $(NATIVE_SOURCES)
-	@if [ ! -f $(VENV)/.installed ]; then \
-		$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e . && touch $(VENV)/.installed; \
-	fi
 	$(PY) setup.py -q build_ext --inplace
+	@$(PY) -c "import os, site; open(os.path.join(site.getsitepackages()[0], 'pdcr_ext_dev.pth'), 'w').write('$(CURDIR)\n$(CURDIR)/python\n')"
 	@touch $@
 
 build: $(VENV)/.built
