@@ -11,7 +11,7 @@
 //                  with atomicAdd. "split": a second kernel, one block per (image, column tile),
 //                  recomputes S and G from the column side for ∂L/∂v̂_cols += Gᵀ V̂_rows: no
 //                  atomics, deterministic, used under torch.use_deterministic_algorithms(True).
-//                  Measured on an H200 the atomic backward is 1.6x faster (benchmarks/results).
+//                  Measured on an H200 the atomic backward is 1.3-1.4x faster (benchmarks/results).
 //
 // Matrix products: bf16/fp16 inputs on bf16/fp16 tensor cores with fp32 accumulation; float32
 // inputs on TF32 tensor cores with the 3xTF32 split (a = a_hi + a_lo, three products), which keeps
