@@ -260,12 +260,6 @@ class _Trace(torch.overrides.TorchFunctionMode):
         return out
 
 
-def _compose(geometry, spec):
-    """(size, jump, offset) after one more layer on one axis (eqs. 5-7, incrementally)."""
-    size, jump, offset = geometry
-    return (size + (spec.effective_kernel - 1) * jump, jump * spec.stride, offset - spec.padding * jump)
-
-
 def receptive_field_of(model: nn.Module, layer: str, input_size=None, *, return_paths: bool = False):
     """Receptive field of a named module's output, traced from the model.
 
@@ -336,7 +330,7 @@ def receptive_field_of(model: nn.Module, layer: str, input_size=None, *, return_
                 for parent in node.parents:
                     for rows, cols in paths(parent):
                         if node.spec is not None:
-                            rows, cols = _compose(rows, node.spec[0]), _compose(cols, node.spec[1])
+                            rows, cols = ref.rf_compose(rows, node.spec[0]), ref.rf_compose(cols, node.spec[1])
                         if (rows, cols) not in result:
                             result.append((rows, cols))
         memo[node_id] = result

@@ -7,7 +7,8 @@ from torch import nn
 
 import pdcr_reference as ref
 
-from . import _checks, _ops
+from . import _checks
+from .functional import _use_native
 
 
 def uafr_reweight(features: torch.Tensor, logits: torch.Tensor, *, backend: str = "auto"):
@@ -32,14 +33,8 @@ def uafr_reweight(features: torch.Tensor, logits: torch.Tensor, *, backend: str 
     if logits.dtype != features.dtype:
         raise ValueError(f"logits dtype {logits.dtype} differs from features dtype {features.dtype}")
     _checks.same_device(features=features, logits=logits)
-    _checks.choice("backend", backend, _checks.BACKENDS)
-    device = features.device
-    native = _ops.NATIVE and (device.type == "cpu" or (device.type == "cuda" and _ops.has_cuda_kernels()))
-    if backend == "native" and not native:
-        raise ValueError(f"backend='native' is unavailable for device {device}")
-    if backend != "reference" and native:
-        out, u = torch.ops.pdcr.uafr_reweight(features, logits)
-        return out, u
+    if _use_native(backend, features.device):
+        return tuple(torch.ops.pdcr.uafr_reweight(features, logits))
     out, u = ref.uafr_reweight(features, logits)
     return out, u.detach()
 

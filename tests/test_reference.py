@@ -82,3 +82,11 @@ def test_receptive_field_equations_agree_with_each_other():
     layers = [ref.LayerSpec(3, 1, 1, 2), ref.LayerSpec(2, 2, 0), ref.LayerSpec(5, 3, 2, 1)]
     for x in range(4):
         assert ref.rf_end(x, layers) - ref.rf_start(x, layers) + 1 == ref.rf_size(layers)
+
+
+def test_incremental_composition_folds_to_eqs_5_to_7():
+    layers = [ref.LayerSpec(7, 2, 3), ref.LayerSpec(3, 2, 1, 1), ref.LayerSpec(3, 1, 2, 2)]
+    geometry = (1, 1, 0)
+    for layer in layers:
+        geometry = ref.rf_compose(geometry, layer)
+    assert geometry == ref.rf_geometry(layers)

@@ -2,7 +2,6 @@
 #include "cpu/cpu_isa.h"
 
 #include <cstdlib>
-#include <mutex>
 
 #include <c10/util/Exception.h>
 

@@ -4,13 +4,12 @@
 
 #include <ATen/ATen.h>
 
-#include <string>
 #include <tuple>
+
+#include "cuda/cuda_api.h"  // backward_variant_name
 
 namespace pdcr {
 namespace cuda {
-
-std::string backward_variant_name();  // "split" or "atomic" (cuda_api.h)
 
 // Patch sizes per launch: the kernels keep each row's state for every size in registers.
 constexpr int kMaxP = 8;

@@ -59,6 +59,17 @@ struct MmaStep {  // bf16 / fp16: one product per step
   }
 };
 
+// hi = tf32(x), lo = tf32(x - hi) for every element of a loaded fragment (3xTF32).
+template <typename Frag>
+__device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
+#pragma unroll
+  for (int e = 0; e < hi.num_elements; ++e) {
+    const float x = hi.x[e];
+    hi.x[e] = wmma::__float_to_tf32(x);
+    lo.x[e] = wmma::__float_to_tf32(x - hi.x[e]);
+  }
+}
+
 template <bool kARow, bool kBRow>
 struct MmaStep<float, kARow, kBRow> {  // float32: 3xTF32, small products first
   template <typename Frag>
@@ -67,20 +78,8 @@ struct MmaStep<float, kARow, kBRow> {  // float32: 3xTF32, small products first
     wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma_layout<kBRow>> b_hi, b_lo;
     wmma::load_matrix_sync(a_hi, a, lda);
     wmma::load_matrix_sync(b_hi, b, ldb);
-#pragma unroll
-    for (int e = 0; e < a_hi.num_elements; ++e) {
-      const float x = a_hi.x[e];
-      const float hi = wmma::__float_to_tf32(x);
-      a_hi.x[e] = hi;
-      a_lo.x[e] = wmma::__float_to_tf32(x - hi);
-    }
-#pragma unroll
-    for (int e = 0; e < b_hi.num_elements; ++e) {
-      const float x = b_hi.x[e];
-      const float hi = wmma::__float_to_tf32(x);
-      b_hi.x[e] = hi;
-      b_lo.x[e] = wmma::__float_to_tf32(x - hi);
-    }
+    split_tf32(a_hi, a_lo);
+    split_tf32(b_hi, b_lo);
     wmma::mma_sync(acc, a_lo, b_hi, acc);
     wmma::mma_sync(acc, a_hi, b_lo, acc);
     wmma::mma_sync(acc, a_hi, b_hi, acc);

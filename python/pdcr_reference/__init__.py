@@ -6,7 +6,16 @@ and memory (the N x K matrices are materialised); it is the oracle the native ke
 against, and the ``backend="reference"`` of pdcr_ext's public functions.
 """
 
-from .geometry import LayerSpec, patch_boxes, rf_boxes, rf_end, rf_geometry, rf_size, rf_start
+from .geometry import (
+    LayerSpec,
+    patch_boxes,
+    rf_boxes,
+    rf_compose,
+    rf_end,
+    rf_geometry,
+    rf_size,
+    rf_start,
+)
 from .loss import (
     affinity,
     cosine_similarity,
@@ -22,6 +31,7 @@ __all__ = [
     "rf_end",
     "rf_size",
     "rf_geometry",
+    "rf_compose",
     "rf_boxes",
     "patch_boxes",
     "foreground_ratios",

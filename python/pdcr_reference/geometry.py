@@ -57,6 +57,13 @@ def rf_geometry(layers: Sequence[LayerSpec]) -> tuple[int, int, int]:
     return rf_size(layers), _jump_before(layers, len(layers)), rf_start(0, layers)
 
 
+def rf_compose(geometry: tuple[int, int, int], layer: LayerSpec) -> tuple[int, int, int]:
+    """Eqs. 5-7 one layer at a time: (size r, jump J, offset O) after appending `layer`:
+    r += (k' - 1) J,  O -= p J,  J *= s. Folding it over a stack gives rf_geometry."""
+    size, jump, offset = geometry
+    return (size + (layer.effective_kernel - 1) * jump, jump * layer.stride, offset - layer.padding * jump)
+
+
 def rf_boxes(positions: torch.Tensor, size, stride, offset) -> torch.Tensor:
     """Boxes (..., 4) as (y0, x0, y1, x1), inclusive, of positions (..., 2) as (row, col).
 
