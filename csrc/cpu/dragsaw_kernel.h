@@ -16,8 +16,9 @@
 namespace pdcr {
 namespace cpu {
 
-// Width of every SIMD block, in bytes (one AVX-512 register; two AVX2 registers; four SSE or NEON
-// registers). Feature widths and column tiles are padded to a multiple of it.
+// Padding unit, in bytes: feature widths and column tiles are padded to a multiple of it (one
+// AVX-512 register, two AVX2 registers, four SSE or NEON registers), so every kernel copy can walk
+// them in whole registers of its own width.
 constexpr int64_t kVecBytes = 64;
 
 template <typename T>

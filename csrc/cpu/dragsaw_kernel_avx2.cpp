@@ -10,6 +10,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #endif
+#define PDCR_NATIVE_VEC_BYTES 32  // register width of this instruction set
 #define PDCR_ISA avx2
 #include "cpu/dragsaw_kernel_impl.h"
 

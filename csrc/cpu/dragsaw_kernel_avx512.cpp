@@ -10,6 +10,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
 #endif
+#define PDCR_NATIVE_VEC_BYTES 64  // register width of this instruction set
 #define PDCR_ISA avx512
 #include "cpu/dragsaw_kernel_impl.h"
 

@@ -3,6 +3,7 @@
 // best table the CPU supports. All code is in dragsaw_kernel_impl.h.
 #include "cpu/dragsaw_kernel.h"
 
+#define PDCR_NATIVE_VEC_BYTES 16  // register width of this instruction set
 #define PDCR_ISA baseline
 #include "cpu/dragsaw_kernel_impl.h"
 

@@ -4,7 +4,7 @@
 // pragma, with PDCR_ISA naming the namespace. No include guard on purpose; no includes either:
 // everything it needs comes from dragsaw_kernel.h, included before the target pragma.
 //
-// The loops are written on GCC/Clang vector types of kVecBytes bytes, so one source becomes
+// The loops are written on GCC/Clang vector types of one register, so one source becomes
 // AVX-512, AVX2 or SSE/NEON code depending on the target it is compiled for. The per-element math
 // is pdcr_math.h's, the same functions the CUDA kernels call.
 //
@@ -25,16 +25,32 @@ namespace PDCR_ISA {
 
 namespace m = ::pdcr::math;
 
+// Vectors are one register of the instruction set this copy is compiled for
+// (PDCR_NATIVE_VEC_BYTES: 64 for AVX-512, 32 for AVX2, 16 for SSE2/NEON). Wider generic vectors
+// would be split by the compiler, and the GEMM's register block would spill: with 64-byte vectors
+// everywhere the AVX2 kernels ran 20x slower than the AVX-512 ones. Buffers stay padded to
+// kVecBytes (64), a multiple of every width.
+#ifndef PDCR_NATIVE_VEC_BYTES
+#error "define PDCR_NATIVE_VEC_BYTES (the ISA's register width) before including dragsaw_kernel_impl.h"
+#endif
+constexpr int64_t kNativeVecBytes = PDCR_NATIVE_VEC_BYTES;
+static_assert(kVecBytes % kNativeVecBytes == 0, "the padding must be whole registers");
+
+template <typename T>
+constexpr int64_t vlanes() {
+  return kNativeVecBytes / static_cast<int64_t>(sizeof(T));
+}
+
 template <typename T>
 struct VecOf;
 template <>
 struct VecOf<float> {
-  typedef float type __attribute__((vector_size(kVecBytes)));
-  typedef int32_t itype __attribute__((vector_size(kVecBytes)));
+  typedef float type __attribute__((vector_size(kNativeVecBytes)));
+  typedef int32_t itype __attribute__((vector_size(kNativeVecBytes)));
 };
 template <>
 struct VecOf<double> {
-  typedef double type __attribute__((vector_size(kVecBytes)));
+  typedef double type __attribute__((vector_size(kNativeVecBytes)));
 };
 
 template <typename T>
@@ -60,18 +76,18 @@ static inline Vec<T> vsplat(T x) {
 // Horizontal sum and maximum by halving (log2(lanes) dependent steps, not lanes).
 template <typename T>
 static inline T hsum(Vec<T> v) {
-  T lane[lanes<T>()];
+  T lane[vlanes<T>()];
   std::memcpy(lane, &v, sizeof(v));
-  for (int64_t width = lanes<T>() / 2; width >= 1; width /= 2)
+  for (int64_t width = vlanes<T>() / 2; width >= 1; width /= 2)
     for (int64_t l = 0; l < width; ++l) lane[l] += lane[l + width];
   return lane[0];
 }
 
 template <typename T>
 static inline T hmax(Vec<T> v) {
-  T lane[lanes<T>()];
+  T lane[vlanes<T>()];
   std::memcpy(lane, &v, sizeof(v));
-  for (int64_t width = lanes<T>() / 2; width >= 1; width /= 2)
+  for (int64_t width = vlanes<T>() / 2; width >= 1; width /= 2)
     for (int64_t l = 0; l < width; ++l) lane[l] = m::maxval(lane[l], lane[l + width]);
   return lane[0];
 }
@@ -101,17 +117,21 @@ static inline Vec<float> vexp(Vec<float> x) {
 }
 
 static inline Vec<double> vexp(Vec<double> x) {
-  for (int64_t l = 0; l < lanes<double>(); ++l) x[l] = std::exp(x[l]);
+  for (int64_t l = 0; l < vlanes<double>(); ++l) x[l] = std::exp(x[l]);
   return x;
 }
 
+// GEMM register block: NR rows x kGemmVecs vectors of accumulators, plus kGemmVecs loads and a
+// broadcast. AVX-512 (32 registers): 4 x 4 = 16 accumulators; 16-register ISAs: 4 x 2 = 8.
+constexpr int kGemmVecs = kNativeVecBytes == 64 ? 4 : 2;
+
 // out[R x W] (+)= coef[R x Tn] · mat[Tn x W], with coef(r, t) = coef[r*cs_r + t*cs_t].
-// W is a multiple of the lane count. A register block of NR rows × NV vectors; each step of t
-// loads NV vectors of mat and broadcasts NR coefficients.
+// W is a multiple of the native lane count. A register block of NR rows × NV native vectors;
+// each step of t loads NV vectors of mat and broadcasts NR coefficients.
 template <typename T, int NR, int NV>
 static inline void gemm_block(const T* coef, int64_t cs_r, int64_t cs_t, int64_t Tn, const T* mat,
                               int64_t ldm, T* out, int64_t ldo, bool accumulate) {
-  constexpr int64_t L = lanes<T>();
+  constexpr int64_t L = vlanes<T>();
   Vec<T> acc[NR][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r)
@@ -123,7 +143,7 @@ static inline void gemm_block(const T* coef, int64_t cs_r, int64_t cs_t, int64_t
     for (int v = 0; v < NV; ++v) mv[v] = vload(mat + t * ldm + v * L);
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
-      const T c = coef[r * cs_r + t * cs_t];
+      const Vec<T> c = Vec<T>{} + coef[r * cs_r + t * cs_t];
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[r][v] += c * mv[v];
     }
@@ -137,12 +157,10 @@ static inline void gemm_block(const T* coef, int64_t cs_r, int64_t cs_t, int64_t
 template <typename T, int NR>
 static inline void gemm_rows(const T* coef, int64_t cs_r, int64_t cs_t, int64_t Tn, const T* mat,
                              int64_t ldm, int64_t W, T* out, int64_t ldo, bool accumulate) {
-  constexpr int64_t L = lanes<T>();
+  constexpr int64_t L = vlanes<T>();
   int64_t w = 0;
-  for (; w + 4 * L <= W; w += 4 * L)
-    gemm_block<T, NR, 4>(coef, cs_r, cs_t, Tn, mat + w, ldm, out + w, ldo, accumulate);
-  for (; w + 2 * L <= W; w += 2 * L)
-    gemm_block<T, NR, 2>(coef, cs_r, cs_t, Tn, mat + w, ldm, out + w, ldo, accumulate);
+  for (; w + kGemmVecs * L <= W; w += kGemmVecs * L)
+    gemm_block<T, NR, kGemmVecs>(coef, cs_r, cs_t, Tn, mat + w, ldm, out + w, ldo, accumulate);
   for (; w < W; w += L)
     gemm_block<T, NR, 1>(coef, cs_r, cs_t, Tn, mat + w, ldm, out + w, ldo, accumulate);
 }
@@ -190,7 +208,7 @@ static inline Vec<T> affinity_vec(const T* phi_i, const T* phi_cols_t_k, int64_t
 template <typename T>
 static void forward_rows(const DragsawProblem<T>& p, int64_t b, int64_t i0, int64_t i1, T* loss,
                          T* lse) {
-  constexpr int64_t L = lanes<T>();
+  constexpr int64_t L = vlanes<T>();
   const T inv_m = T(1) / T(p.M);
   const T neg_inf = -std::numeric_limits<T>::infinity();
   AlignedBuffer<T> S(kRowTile * kColTile), x(kColTile);
@@ -251,7 +269,7 @@ static void forward_rows(const DragsawProblem<T>& p, int64_t b, int64_t i0, int6
 template <typename T>
 static void backward_rows(const DragsawProblem<T>& p, const T* grad, const T* lse, int64_t b,
                           int64_t i0, int64_t i1, T* d_rows_hat, T* d_cols_hat) {
-  constexpr int64_t L = lanes<T>();
+  constexpr int64_t L = vlanes<T>();
   const T inv_m = T(1) / T(p.M);
   const T num_cols = T(p.K);
   AlignedBuffer<T> S(kRowTile * kColTile), G(kRowTile * kColTile);
@@ -296,7 +314,7 @@ static void backward_rows(const DragsawProblem<T>& p, const T* grad, const T* ls
 // Unit-normalised copy of one vector, padded with zeros to Cp channels (eq. 8); returns ‖v‖.
 template <typename T>
 static inline T normalize_vector(const T* v, int64_t C, int64_t Cp, T* v_hat) {
-  constexpr int64_t L = lanes<T>();
+  constexpr int64_t L = vlanes<T>();
   Vec<T> sq_acc{};
   int64_t c = 0;
   for (; c + L <= C; c += L) {
@@ -324,7 +342,7 @@ static void prepare_image(const DragsawProblem<T>& p, const PrepareArgs<T>& a, i
                                                  a.cols_hat + (b * p.K + j) * p.Cp);
   // (K, Cp) -> (Cp, Kp), zero past K: L columns at a time, so that the L source rows stay in L1
   // while c runs and every store is contiguous.
-  constexpr int64_t L = lanes<T>();
+  constexpr int64_t L = vlanes<T>();
   const T* cols_hat = p.cols_hat + b * p.K * p.Cp;
   T* cols_hat_t = const_cast<T*>(p.cols_hat_t) + b * p.Cp * p.Kp;
   int64_t j0 = 0;
@@ -352,7 +370,7 @@ static void prepare_image(const DragsawProblem<T>& p, const PrepareArgs<T>& a, i
 template <typename T>
 static void normalize_backward_range(const T* d_hat, const T* x_hat, const T* norm, int64_t n0,
                                      int64_t n1, int64_t C, int64_t Cp, T* d_x) {
-  constexpr int64_t L = lanes<T>();
+  constexpr int64_t L = vlanes<T>();
   for (int64_t n = n0; n < n1; ++n) {
     const T* g = d_hat + n * Cp;
     const T* v = x_hat + n * Cp;
