@@ -11,9 +11,13 @@ PYTEST_ARGS ?=
 
 .PHONY: test bench build clean cuda-check gpu-check
 
+# stardist only for the real images it ships (read with tifffile, never imported): no dependencies
+STARDIST_SPEC ?= stardist==0.9.2
+
 $(VENV)/.deps: requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps "$(STARDIST_SPEC)"
 	@touch $@
 
 # In-place ninja build (recompiles only what changed), and a .pth file that puts the package

@@ -143,7 +143,7 @@ def time_per_call(fn, reps, device):
 
 def set_variant(method):
     """native: the default (atomic) CUDA backward; native-split: the deterministic one."""
-    if torch.cuda.is_available() and pdcr_ext.has_cuda_kernels():
+    if torch.cuda.is_available() and pdcr_ext.has_cuda_kernels:
         pdcr_ext._ops._C.set_cuda_backward("split" if method == "native-split" else "atomic")
 
 
@@ -310,7 +310,7 @@ def main():
         configs = [c for c in configs if c.dtype == "float32"]
     # GPU timings are steadier than this CPU's: fewer, shorter rounds keep `make gpu-check` short
     rounds, min_time = (2, 0.02) if args.quick else ((3, 0.05) if args.device == "cuda" else (7, 0.15))
-    native = pdcr_ext.native_available and (args.device == "cpu" or pdcr_ext.has_cuda_kernels())
+    native = pdcr_ext.native_available and (args.device == "cpu" or pdcr_ext.has_cuda_kernels)
     if not native:
         sys.exit(f"the native extension is not built for {args.device}: run `make build` first")
     info = {

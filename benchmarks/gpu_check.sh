@@ -21,7 +21,7 @@ if ! $PY -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT/g
   log "build failed"
   exit 1
 fi
-log "built: $($PY -c 'import pdcr_ext; print("cuda kernels:", pdcr_ext.has_cuda_kernels())')"
+log "built: $($PY -c 'import pdcr_ext; print("cuda kernels:", pdcr_ext.has_cuda_kernels)')"
 
 # Errors raised inside the native ops must reach Python as exceptions: one process per probe,
 # so that a crash is seen and named (exit 1 = the expected Python exception, 139 = a crash).
@@ -31,7 +31,7 @@ probe() {
 }
 probe cpu-op-error "x = torch.ones(1, 2, 2); p = torch.ones(1, 1, 2, 2); torch.ops.pdcr.dragsaw_loss(x, p, x, p, 0.0)"
 probe cuda-op-error "x = torch.ones(1, 2, 2, device='cuda'); p = torch.ones(1, 1, 2, 2, device='cuda'); torch.ops.pdcr.dragsaw_loss(x, p, x, p, 0.0)"
-probe cuda-ratio-error "torch.ops.pdcr.foreground_ratios(torch.full((1, 2, 2), 5, device='cuda'), torch.zeros(1, 1, 4, dtype=torch.long, device='cuda'), 2, False)"
+probe cuda-ratio-error "torch.ops.pdcr.foreground_ratios(torch.zeros((1, 2, 2), dtype=torch.long, device='cuda'), torch.zeros(1, 1, 5, dtype=torch.long, device='cuda'), 2, False)"
 
 log "tests"
 # pytest-xdist, where installed, runs the tests in worker processes: a crash in one test is

@@ -80,38 +80,48 @@ inline at::ScalarType dragsaw_output_dtype(const at::Tensor& rows) {
   return (s == at::kHalf || s == at::kBFloat16) ? at::kFloat : s;
 }
 
-// labels (B, H, W) integer; boxes (B, N, 4) int64; num_classes >= 1.
+// labels (B, H, W) or (B, D, H, W) integer; boxes (B, N, 4) or (B, N, 6) int64, matching;
+// num_classes >= 1.
 inline void check_ratio_inputs(const at::Tensor& labels, const at::Tensor& boxes,
                                int64_t num_classes) {
   constexpr const char* op = "foreground_ratios";
-  TORCH_CHECK(labels.dim() == 3, op, ": labels must have shape (B, H, W), got ", labels.sizes());
+  TORCH_CHECK(labels.dim() == 3 || labels.dim() == 4, op,
+              ": labels must have shape (B, H, W) or (B, D, H, W), got ", labels.sizes());
   TORCH_CHECK(!at::isFloatingType(labels.scalar_type()) && !at::isComplexType(labels.scalar_type())
                   && labels.scalar_type() != at::kBool,
               op, ": labels must be an integer tensor, got ", labels.scalar_type());
-  TORCH_CHECK(boxes.dim() == 3 && boxes.size(2) == 4, op,
-              ": boxes must have shape (B, N, 4), got ", boxes.sizes());
+  const int64_t dims = labels.dim() - 1;
+  TORCH_CHECK(boxes.dim() == 3 && boxes.size(2) == 2 * dims, op, ": boxes must have shape (B, N, ",
+              2 * dims, ") for ", dims, "-D labels, got ", boxes.sizes());
   TORCH_CHECK(boxes.scalar_type() == at::kLong, op, ": boxes must be int64, got ",
               boxes.scalar_type());
   TORCH_CHECK(boxes.size(0) == labels.size(0), op, ": boxes batch ", boxes.size(0),
               " != labels batch ", labels.size(0));
   TORCH_CHECK(num_classes >= 1, op, ": num_classes must be >= 1, got ", num_classes);
-  TORCH_CHECK((labels.size(1) + 1) * (labels.size(2) + 1) < (int64_t(1) << 31), op,
-              ": labels of ", labels.size(1), "x", labels.size(2),
+  int64_t entries = 1;
+  for (int64_t a = 1; a <= dims; ++a) entries *= labels.size(a) + 1;
+  TORCH_CHECK(entries < (int64_t(1) << 31), op, ": labels of ", labels.sizes().slice(1),
               " pixels are too large for 32-bit counts");
   check_same_device(op, "labels", labels, "boxes", boxes);
 }
 
+// positions (..., D) with D = 2 (row, col) or 3 (depth, row, col); size, stride, offset: D each.
 inline void check_rf_inputs(const at::Tensor& positions, at::IntArrayRef size,
-                            at::IntArrayRef stride) {
+                            at::IntArrayRef stride, at::IntArrayRef offset) {
   constexpr const char* op = "rf_boxes";
-  TORCH_CHECK(positions.dim() >= 1 && positions.size(-1) == 2, op,
-              ": positions must have shape (..., 2) as (row, col), got ", positions.sizes());
+  TORCH_CHECK(positions.dim() >= 1 && (positions.size(-1) == 2 || positions.size(-1) == 3), op,
+              ": positions must have shape (..., 2) as (row, col) or (..., 3) as (depth, row, col), "
+              "got ", positions.sizes());
   TORCH_CHECK(positions.scalar_type() == at::kLong, op, ": positions must be int64, got ",
               positions.scalar_type());
-  TORCH_CHECK(size.size() == 2 && stride.size() == 2, op,
-              ": size, stride and offset must each give (rows, cols)");
-  TORCH_CHECK(size[0] >= 1 && size[1] >= 1, op, ": size must be >= 1, got ", size);
-  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1, op, ": stride must be >= 1, got ", stride);
+  const int64_t dims = positions.size(-1);
+  TORCH_CHECK(int64_t(size.size()) == dims && int64_t(stride.size()) == dims &&
+                  int64_t(offset.size()) == dims,
+              op, ": size, stride and offset must each give one value per axis (", dims, ")");
+  for (int64_t a = 0; a < dims; ++a) {
+    TORCH_CHECK(size[a] >= 1, op, ": size must be >= 1, got ", size);
+    TORCH_CHECK(stride[a] >= 1, op, ": stride must be >= 1, got ", stride);
+  }
 }
 
 // features (B, C, H, W) and logits (B, M, H, W), M >= 2, same dtype and device.

@@ -11,12 +11,20 @@
 #endif
 
 TORCH_LIBRARY(pdcr, m) {
-  // Receptive-field boxes (eqs. 5-7) or square patches (H-PDCR) of feature positions.
-  // positions (..., 2) int64 as (row, col) -> (..., 4) int64 as (y0, x0, y1, x1), inclusive.
-  m.def("rf_boxes(Tensor positions, int[2] size, int[2] stride, int[2] offset) -> Tensor");
-  // Foreground ratios (eq. 4) from an integral image of the one-hot labels.
-  // labels (B, H, W) int, boxes (B, N, 4) int64 -> (B, N, num_classes) float32.
-  m.def("foreground_ratios(Tensor labels, Tensor boxes, int num_classes, bool inside_area) -> Tensor");
+  // Receptive-field boxes (eqs. 5-7) or square patches (H-PDCR) of feature positions, 2-D or 3-D.
+  // positions (..., 2) int64 as (row, col) -> (..., 4) int64 as (y0, x0, y1, x1), inclusive;
+  // positions (..., 3) as (depth, row, col) -> (..., 6) as (z0, y0, x0, z1, y1, x1).
+  m.def("rf_boxes(Tensor positions, int[] size, int[] stride, int[] offset) -> Tensor");
+  // Foreground ratios (eq. 4) from an integral image (volume) of the one-hot labels.
+  // labels (B, H, W) or (B, D, H, W) int, boxes (B, N, 4) or (B, N, 6) int64
+  // -> (B, N, num_classes) float32. Pixels labelled ignore_index belong to no class (like pixels
+  // outside the image); with inside_area they are also left out of the area. The CPU kernel
+  // raises on labels outside [0, num_classes) other than ignore_index (found while it builds the
+  // integrals); the CUDA kernel does not check (that would cost a host synchronisation): there,
+  // such labels count for no class, and the Python wrapper checks before calling it.
+  m.def(
+      "foreground_ratios(Tensor labels, Tensor boxes, int num_classes, bool inside_area, "
+      "int? ignore_index=None) -> Tensor");
   // Fused dragsaw loss (eqs. 3, 8, 9): per-row losses (B, P, N) and the per-row log-sum-exp of
   // the push logits (B, P, N), which is all the backward needs.
   m.def(

@@ -57,28 +57,43 @@ PDCR_HD void box_axis(int64_t x, int64_t size, int64_t jump, int64_t offset, int
 }
 
 // ---------------------------------------------------------------------------------------------
-// Foreground ratios (eq. 4) from an integral image.
+// Foreground ratios (eq. 4) from an integral image (2-D) or integral volume (3-D).
 //
-// integral has (H+1) x (W+1) entries, row-major with row stride W+1, where
-// integral[y][x] = number of pixels of one class in rows [0, y) and columns [0, x).
-// The box (y0, x0, y1, x1) is inclusive and may extend past the image; pixels outside the image
-// belong to no class, so the box is clipped first. Returns the clipped box's pixel count through
-// *inside_area and the class count as the return value. O(1) whatever the box size.
-template <typename I>
-PDCR_HD I box_count(const I* integral, int64_t H, int64_t W, int64_t y0, int64_t x0, int64_t y1,
-                    int64_t x1, int64_t* inside_area) {
-  const int64_t cy0 = y0 < 0 ? 0 : y0;
-  const int64_t cx0 = x0 < 0 ? 0 : x0;
-  const int64_t cy1 = y1 > H - 1 ? H - 1 : y1;
-  const int64_t cx1 = x1 > W - 1 ? W - 1 : x1;
-  if (cy1 < cy0 || cx1 < cx0) {  // the box lies entirely outside the image
-    *inside_area = 0;
-    return I(0);
+// A box has D = 2 or 3 axes, in the order (z,) y, x; lo[a] and hi[a] are its inclusive ends on
+// axis a, and it may extend past the image. size[a] is the image's extent on axis a. The integral
+// array has size[a] + 1 entries per axis, row-major, and integral[p] counts the pixels of one
+// class strictly before p on every axis, so a box's count is an inclusion-exclusion over its 2^D
+// corners: O(1) whatever the box size. Pixels outside the image belong to no class, so the box is
+// clipped first; the clipped box's pixel count comes back through *inside_area.
+template <int D, typename I>
+PDCR_HD I box_count(const I* integral, const int64_t* size, const int64_t* lo, const int64_t* hi,
+                    int64_t* inside_area) {
+  int64_t clo[D], chi[D], stride[D];
+  int64_t area = 1, s = 1;
+  for (int a = D - 1; a >= 0; --a) {
+    clo[a] = lo[a] < 0 ? 0 : lo[a];
+    chi[a] = hi[a] > size[a] - 1 ? size[a] - 1 : hi[a];
+    if (chi[a] < clo[a]) {  // the box lies entirely outside the image (or is inverted)
+      *inside_area = 0;
+      return I(0);
+    }
+    area *= chi[a] - clo[a] + 1;
+    stride[a] = s;
+    s *= size[a] + 1;
   }
-  *inside_area = (cy1 - cy0 + 1) * (cx1 - cx0 + 1);
-  const int64_t ld = W + 1;
-  return integral[(cy1 + 1) * ld + (cx1 + 1)] - integral[cy0 * ld + (cx1 + 1)] -
-         integral[(cy1 + 1) * ld + cx0] + integral[cy0 * ld + cx0];
+  *inside_area = area;
+  I count = 0;
+  for (int corner = 0; corner < (1 << D); ++corner) {
+    int64_t index = 0;
+    int low_ends = 0;
+    for (int a = 0; a < D; ++a) {
+      const bool high = (corner >> a) & 1;
+      index += (high ? chi[a] + 1 : clo[a]) * stride[a];
+      low_ends += !high;
+    }
+    count += (low_ends % 2 == 0) ? integral[index] : -integral[index];
+  }
+  return count;
 }
 
 // eq. 4: ratio = count / area. area is the full box area (the paper's r², "box") or the area of
@@ -89,15 +104,25 @@ PDCR_HD T foreground_ratio(int64_t count, int64_t area) {
   return area > 0 ? T(count) / T(area) : T(0);
 }
 
-// All M ratios of one box (y0, x0, y1, x1) from M integral images plane_stride apart.
-template <typename T, typename I>
-PDCR_HD void box_ratios(const I* integrals, int64_t plane_stride, int64_t H, int64_t W, int64_t M,
-                        int64_t y0, int64_t x0, int64_t y1, int64_t x1, bool inside_area, T* out) {
-  const int64_t full_area = (y1 - y0 + 1) * (x1 - x0 + 1);
+// All M ratios of one box from M integral arrays plane_stride apart. With ignored != nullptr, it
+// is the integral array of the ignored pixels (ignore_index): they belong to no class, like
+// pixels outside the image, and the "inside" area leaves them out too.
+template <int D, typename T, typename I>
+PDCR_HD void box_ratios(const I* integrals, int64_t plane_stride, const I* ignored,
+                        const int64_t* size, int64_t M, const int64_t* lo, const int64_t* hi,
+                        bool inside_area, T* out) {
+  int64_t full_area = 1;
+  for (int a = 0; a < D; ++a) full_area *= hi[a] - lo[a] + 1;
+  int64_t inside = 0;
+  int64_t area = full_area;
+  if (inside_area) {
+    const int64_t ignored_count = ignored != nullptr ? box_count<D>(ignored, size, lo, hi, &inside) : 0;
+    if (ignored == nullptr) box_count<D>(integrals, size, lo, hi, &inside);
+    area = inside - ignored_count;
+  }
   for (int64_t m = 0; m < M; ++m) {
-    int64_t inside = 0;
-    const int64_t count = box_count(integrals + m * plane_stride, H, W, y0, x0, y1, x1, &inside);
-    out[m] = foreground_ratio<T>(count, inside_area ? inside : full_area);
+    const int64_t count = box_count<D>(integrals + m * plane_stride, size, lo, hi, &inside);
+    out[m] = foreground_ratio<T>(count, area);
   }
 }
 

@@ -9,14 +9,15 @@ from . import _ops
 from .functional import affinity, dragsaw_loss, foreground_ratios
 from .geometry import ReceptiveField, patch_boxes, receptive_field, receptive_field_of, rf_boxes
 from .loss import PDCRLoss
-from .plugin import PDCRHandle, attach
+from .plugin import LayerInfo, PDCRHandle, attach, list_layers
 from .sampling import grid_positions
 from .uafr import UAFR, uafr_reweight
 
 __version__ = "0.1.0"
 
-native_available = _ops.NATIVE
-has_cuda_kernels = _ops.has_cuda_kernels
+# Both plain booleans: whether the native library loaded, and whether it has CUDA kernels.
+native_available: bool = _ops.NATIVE
+has_cuda_kernels: bool = _ops.HAS_CUDA_KERNELS
 
 __all__ = [
     "ReceptiveField",
@@ -29,6 +30,8 @@ __all__ = [
     "PDCRLoss",
     "attach",
     "PDCRHandle",
+    "list_layers",
+    "LayerInfo",
     "uafr_reweight",
     "foreground_ratios",
     "affinity",

@@ -3,10 +3,12 @@
 torch.compile and pass torch.library.opcheck.
 
 ``NATIVE`` is False when the extension was not built; the public functions then fall back to the
-reference (backend="auto") or raise (backend="native").
+reference (backend="auto", with a warning) or raise (backend="native").
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -15,15 +17,51 @@ try:
 
     NATIVE = True
     IMPORT_ERROR: Exception | None = None
-except ImportError as error:  # pragma: no cover - exercised only without a build
+except ImportError as error:  # exercised by a test that hides the built library
     _C = None
     NATIVE = False
     IMPORT_ERROR = error
 
+# True when the extension was built with its CUDA kernels.
+HAS_CUDA_KERNELS = NATIVE and bool(_C.has_cuda_kernels())
 
-def has_cuda_kernels() -> bool:
-    """True when the extension was built with its CUDA kernels."""
-    return NATIVE and bool(_C.has_cuda_kernels())
+BACKENDS = ("auto", "native", "reference")
+_fallback_warned: set = set()
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """Why the native kernels cannot run on `device`, or None when they can."""
+    if not NATIVE:
+        return f"the native library pdcr_ext._C failed to import ({IMPORT_ERROR})"
+    if device.type == "cpu" or (device.type == "cuda" and HAS_CUDA_KERNELS):
+        return None
+    if device.type == "cuda":
+        return "pdcr_ext._C was built without its CUDA kernels (rebuild with CUDA, FORCE_CUDA=1)"
+    return f"pdcr_ext._C has no kernels for device type {device.type!r}"
+
+
+def use_native(backend: str, device: torch.device) -> bool:
+    """Whether an op on `device` runs the native kernels under `backend`.
+
+    "native" without kernels for the device raises; "auto" falls back to the pure-PyTorch
+    reference and warns once per reason, because the reference materialises the N x K matrices
+    (O(N K) memory) and a user should learn it here, not from an out-of-memory error later.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+    if backend == "reference":
+        return False
+    reason = unavailable_reason(device)
+    if reason is None:
+        return True
+    if backend == "native":
+        raise ValueError(f"backend='native' is unavailable: {reason}")
+    if reason not in _fallback_warned:
+        _fallback_warned.add(reason)
+        warnings.warn(f"pdcr_ext: {reason}; using the pure-PyTorch reference, whose memory grows as "
+                      "N x K (pass backend='reference' to choose it knowingly)", RuntimeWarning,
+                      stacklevel=3)
+    return False
 
 
 def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -38,10 +76,10 @@ if NATIVE:
 
     @torch.library.register_fake("pdcr::rf_boxes")
     def _rf_boxes_fake(positions, size, stride, offset):
-        return positions.new_empty((*positions.shape[:-1], 4))
+        return positions.new_empty((*positions.shape[:-1], 2 * positions.shape[-1]))
 
     @torch.library.register_fake("pdcr::foreground_ratios")
-    def _foreground_ratios_fake(labels, boxes, num_classes, inside_area):
+    def _foreground_ratios_fake(labels, boxes, num_classes, inside_area, ignore_index=None):
         return labels.new_empty((labels.shape[0], boxes.shape[1], num_classes), dtype=torch.float32)
 
     @torch.library.register_fake("pdcr::dragsaw_loss")

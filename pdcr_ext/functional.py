@@ -16,61 +16,65 @@ from . import _checks, _ops
 CUDA_MAX_PATCH_SIZES = 8  # per-row state for every patch size lives in registers (csrc/cuda)
 
 
-def _use_native(backend: str, device: torch.device) -> bool:
-    _checks.choice("backend", backend, _checks.BACKENDS)
-    if backend == "reference":
-        return False
-    supported = _ops.NATIVE and (device.type == "cpu" or (device.type == "cuda" and _ops.has_cuda_kernels()))
-    if backend == "native" and not supported:
-        reason = (
-            f"the extension is not built ({_ops.IMPORT_ERROR})"
-            if not _ops.NATIVE
-            else f"it has no kernels for device {device}"
-        )
-        raise ValueError(f"backend='native' is unavailable: {reason}")
-    return supported
-
-
 def foreground_ratios(labels: torch.Tensor, boxes: torch.Tensor, num_classes: int, *,
-                      area: str = "box", backend: str = "auto") -> torch.Tensor:
-    """Foreground ratio of every class in every box (eq. 4).
+                      area: str = "box", ignore_index: int | None = None, validate: bool = True,
+                      backend: str = "auto") -> torch.Tensor:
+    """Foreground ratio of every class in every box (eq. 4), in 2-D or 3-D.
 
     Args:
-        labels: (B, H, W) integer label map, values in [0, num_classes).
-        boxes: (N, 4) boxes shared by the batch, or (B, N, 4); int, (y0, x0, y1, x1) inclusive,
-            in image pixels; they may extend past the image.
+        labels: integer label map (B, H, W) or (B, 1, H, W) (MONAI's convention) with 2-D boxes;
+            (B, D, H, W) or (B, 1, D, H, W) with 3-D boxes. Values in [0, num_classes), or
+            ignore_index.
+        boxes: (N, 4) boxes shared by the batch, or (B, N, 4), as (y0, x0, y1, x1); in 3-D (N, 6)
+            or (B, N, 6) as (z0, y0, x0, z1, y1, x1). Integers, inclusive ends, in image pixels;
+            they may extend past the image.
         num_classes: M.
         area: "box" divides by the full box area (eq. 4 as written: r^2 for receptive fields;
-            pixels outside the image belong to no class); "inside" divides by the area of the
-            box's part inside the image (all ratios 0 for a box entirely outside).
+            pixels outside the image belong to no class); "inside" divides by the number of the
+            box's pixels inside the image that are not ignored (all ratios 0 when there are none).
+        ignore_index: a label value (not in [0, M)) for unlabelled pixels: they belong to no
+            class, like pixels outside the image: with area="box" they count in the denominator
+            (the ratios sum to less than 1), with area="inside" they do not.
+        validate: check the labels' values and the boxes (one reduction and one host
+            synchronisation each; under torch.compile, torch._assert_async). False skips both:
+            then invalid labels count for no class on CUDA and raise on the CPU.
         backend: "auto", "native" or "reference".
 
     Returns:
         (B, N, M) float32 ratios in [0, 1].
     """
-    labels = _checks.tensor("labels", labels, ndim=3, shape_doc="(B, H, W)", integer=True)
     boxes = _checks.tensor("boxes", boxes, integer=True)
+    if boxes.dim() not in (2, 3) or boxes.shape[-1] not in (4, 6):
+        raise ValueError("boxes must have shape (N, 4) or (B, N, 4) in 2-D, (N, 6) or (B, N, 6) in "
+                         f"3-D, got {tuple(boxes.shape)}")
+    dims = boxes.shape[-1] // 2
+    labels = _checks.labels(labels, spatial_dims=dims)
     if boxes.dim() == 2:
         boxes = boxes.unsqueeze(0).expand(labels.shape[0], -1, -1)
-    if boxes.dim() != 3 or boxes.shape[-1] != 4:
-        raise ValueError(f"boxes must have shape (N, 4) or (B, N, 4), got {tuple(boxes.shape)}")
     if boxes.shape[0] != labels.shape[0]:
         raise ValueError(f"boxes batch {boxes.shape[0]} != labels batch {labels.shape[0]}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    num_classes = _checks.num_classes(num_classes)
+    ignore_index = _checks.ignore_index(ignore_index, num_classes)
     _checks.choice("area", area, ("box", "inside"))
     _checks.same_device(labels=labels, boxes=boxes)
     boxes = boxes.long()
-    if boxes.numel() and bool(((boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])).any()):
-        raise ValueError("boxes must have y1 >= y0 and x1 >= x0 (inclusive ends)")
-    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
-        raise ValueError(
-            f"labels must lie in [0, num_classes={num_classes}), found values in "
-            f"[{int(labels.min())}, {int(labels.max())}]"
-        )
-    if _use_native(backend, labels.device):
-        return torch.ops.pdcr.foreground_ratios(labels, boxes, num_classes, area == "inside")
-    return ref.foreground_ratios(labels, boxes, num_classes, area)
+    if validate:
+        inverted = (boxes[..., dims:] < boxes[..., :dims]).any(-1)
+        _checks.none_true(inverted, lambda: "boxes must have end >= start on every axis "
+                          f"(inclusive ends), e.g. box {boxes[inverted][0].tolist()}",
+                          "boxes must have end >= start on every axis")
+        _checks.label_values(labels, num_classes, ignore_index)
+    return ratios_unchecked(labels, boxes, num_classes, area, ignore_index,
+                            _ops.use_native(backend, labels.device))
+
+
+def ratios_unchecked(labels: torch.Tensor, boxes: torch.Tensor, num_classes: int, area: str,
+                     ignore_index: int | None, native: bool) -> torch.Tensor:
+    """foreground_ratios without argument checks: labels (B, *S), boxes (B, N, 2 len(S)) int64.
+    For callers that built the boxes and checked the labels themselves (PDCRLoss)."""
+    if native:
+        return torch.ops.pdcr.foreground_ratios(labels, boxes, num_classes, area == "inside", ignore_index)
+    return ref.foreground_ratios(labels, boxes, num_classes, area, ignore_index)
 
 
 def _phi(name: str, phi, batch: int, count: int, count_name: str) -> torch.Tensor:
@@ -158,7 +162,7 @@ def dragsaw_loss(rows: torch.Tensor, phi_rows: torch.Tensor, cols: torch.Tensor 
     _checks.choice("reduction", reduction, _checks.REDUCTIONS)
     _checks.same_device(rows=rows, phi_rows=phi_rows, cols=cols, phi_cols=phi_cols)
 
-    if _use_native(backend, rows.device):
+    if _ops.use_native(backend, rows.device):
         if rows.device.type == "cuda" and phi_rows.shape[1] > CUDA_MAX_PATCH_SIZES:
             raise ValueError(
                 f"phi_rows has P={phi_rows.shape[1]} patch sizes; the CUDA kernels take at most "

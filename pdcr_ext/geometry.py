@@ -136,7 +136,7 @@ def _positions(name: str, positions) -> torch.Tensor:
 
 
 def _boxes(positions: torch.Tensor, size, stride, offset) -> torch.Tensor:
-    if _ops.NATIVE:
+    if _ops.use_native("auto", positions.device):
         return torch.ops.pdcr.rf_boxes(positions, list(size), list(stride), list(offset))
     return ref.rf_boxes(positions, size, stride, offset)
 
@@ -263,8 +263,8 @@ class _Trace(torch.overrides.TorchFunctionMode):
 def receptive_field_of(model: nn.Module, layer: str, input_size=None, *, return_paths: bool = False):
     """Receptive field of a named module's output, traced from the model.
 
-    Runs the model once on zeros of `input_size` ((C, H, W) or (B, C, H, W); default: the first
-    convolution's channels at 256 x 256) while recording every op, then composes the convolutions
+    Runs the model once on zeros of `input_size` ((H, W), (C, H, W) or (B, C, H, W); C defaults
+    to the first convolution's input channels, (H, W) to 256 x 256) while recording every op, then composes the convolutions
     and poolings (stride, padding, dilation; ceil_mode does not change the geometry) on the way
     from the input to the module's output. Where paths merge (residual additions, concatenations)
     the result is the path with the largest field, and a warning says so when the paths differ.
@@ -282,16 +282,17 @@ def receptive_field_of(model: nn.Module, layer: str, input_size=None, *, return_
     modules = dict(model.named_modules())
     if layer not in modules:
         raise ValueError(f"layer {layer!r} is not a module of the model; known: {_close_names(layer, modules)}")
-    if input_size is None:
+    input_size = (256, 256) if input_size is None else tuple(int(v) for v in input_size)
+    if len(input_size) == 2:  # (H, W): the channels of the first convolution
         first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         if first_conv is None:
-            raise ValueError("input_size is required: the model has no nn.Conv2d to infer channels from")
-        input_size = (first_conv.in_channels, 256, 256)
-    input_size = tuple(int(v) for v in input_size)
+            raise ValueError("input_size must give the channels, (C, H, W): the model has no "
+                             "nn.Conv2d to infer them from")
+        input_size = (first_conv.in_channels,) + input_size
     if len(input_size) == 3:
         input_size = (2,) + input_size
     if len(input_size) != 4:
-        raise ValueError(f"input_size must be (C, H, W) or (B, C, H, W), got {input_size}")
+        raise ValueError(f"input_size must be (H, W), (C, H, W) or (B, C, H, W), got {input_size}")
     parameter = next(model.parameters(), None)
     x = torch.zeros(input_size, device=parameter.device if parameter is not None else "cpu",
                     dtype=parameter.dtype if parameter is not None else torch.float32)

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _checks
-from .functional import dragsaw_loss, foreground_ratios
+from . import _checks, _ops
+from .functional import dragsaw_loss, ratios_unchecked
 from .geometry import ReceptiveField, patch_boxes, rf_boxes
 from .sampling import grid_positions
 
 PAPER_SAMPLES = (128, 64, 32, 8)  # N per layer in the paper: 128, 64, 32, then 8 for the rest
 PAPER_PATCH_SIZES = (5, 7, 9)
+POSITION_ENCODINGS = ("normalized", "pixels")
+
+
+class LayerGeometry(NamedTuple):
+    """What one layer's sampled positions are on the image (fixed unless jitter is on)."""
+
+    positions: torch.Tensor  # (N, 2) feature positions (row, col), on the features' device
+    boxes: torch.Tensor  # (P, N, 4) their patches, (y0, x0, y1, x1), on the labels' device
+    code: torch.Tensor | None  # (N, 4) the encoded box as (x_min, x_max, y_min, y_max), int64
+    image_size: tuple  # (H, W), the scale of "normalized" position codes
 
 
 class PDCRLoss(nn.Module):
@@ -28,10 +38,26 @@ class PDCRLoss(nn.Module):
     Cross-layer pairs (l, l') compare layer l's positions with layer l''s after a learnable 1x1
     projection of both to `projection_channels` (32 in the paper).
 
+    The value, per image b (pair_reduction="sum", the default, is eq. 12 as printed):
+
+        L_b = weight * ( sum_l  lw_l  * T_l(b)  +  sum_(l,l')  cw_ll' * T_ll'(b) )
+        T(b) = sum_k sum_i sum_j  -log( exp(s_ij w_ij(k)/tau) / sum_n exp(s_in (1 - w_in(k))/tau) )
+
+    summed over the P patch sizes k, the N rows i and the K columns j (K = N in a single layer).
+    pair_reduction="mean" divides each T by its P*N*K pairs instead (a value that does not grow
+    with N: useful for dense sampling, but 1 / (P N K) of the paper's at the same weight: about
+    1/49 000 at N = 128). `reduction` then combines the images: "mean" (default), "sum" or
+    "none" (shape (B,)). The paper's setting -- eq. 12 times 0.01 next to cross-entropy -- is the
+    default: pair_reduction="sum", weight=0.01, images averaged (the paper does not say how it
+    combines a batch). Note that T includes about K * log K per row that no feature can remove:
+    its minimum is not 0, and its values are large (about 210 000 for a layer of N = 128, P = 3,
+    before the weight).
+
     Args:
-        num_classes: M, the label values are in [0, M).
+        num_classes: M, the label values are in [0, M) (or ignore_index).
         mode: "hierarchical" (H-PDCR, default) or "receptive_field" (RF-PDCR).
-        samples: N per layer: an int, or a sequence whose last entry repeats (paper: 128, 64, 32, 8).
+        samples: N per layer: an int; a sequence whose last entry repeats (paper: 128, 64, 32, 8 by
+            depth); or a mapping from layer name to N (needs layer_names).
         patch_sizes: the H-PDCR patch series in pixels (paper: 5, 7, 9).
         receptive_fields: RF mode: one ReceptiveField (or (size, stride, offset)) per layer, e.g.
             from pdcr_ext.receptive_field_of.
@@ -39,43 +65,54 @@ class PDCRLoss(nn.Module):
         in_channels: channels of each layer; needed for the layers in cross_layers, whose
             projections are created here (so that they are parameters before the optimizer is).
         projection_channels: width of the cross-layer projections.
-        position_encoding: append each position's patch box, normalised to [0, 1] by the image
-            size, to its feature vector (paper: on). The box is the receptive field in RF mode and
-            the middle patch of the series in hierarchical mode.
+        position_encoding: "normalized" (default): append each position's patch box as
+            (x_min, x_max, y_min, y_max) divided by the image width / height, so that it lies in
+            [0, 1] like the scale of a unit feature vector; "pixels": the paper's raw
+            coordinates; False: none. The box is the receptive field in RF mode and the middle
+            patch of the series in hierarchical mode (the series shares its centre). Cross-layer
+            vectors get it after their projection. (True means "normalized".)
         tau: temperature of eq. 9.
         weight: factor of the whole term (paper: 0.01 on top of cross-entropy).
         layer_weights, cross_weights: per-term factors (default 1).
-        reduction: "mean" (each term averaged over its pairs, then over images), "sum" (eq. 12's
-            sums, summed over images) or "none" (per-image totals, shape (B,)).
+        reduction: over images: "mean", "sum" or "none" (per-image values, (B,)).
+        pair_reduction: "sum" (eq. 12 as printed) or "mean" (each term divided by its pairs).
         jitter: draw each position uniformly inside its grid cell at every call (from
-            `generator`) instead of the cell centre.
-        area: "box" (eq. 4: divide by the full patch area) or "inside" (by its in-image part).
+            `generator`, which must be on the features' device) instead of the cell centre.
+        area: "box" (eq. 4: divide by the full patch area) or "inside" (by its in-image,
+            not-ignored part).
+        ignore_index: a label value for unlabelled pixels: they belong to no class (see
+            pdcr_ext.foreground_ratios).
+        validate: check the label values once per call (one reduction and one host
+            synchronisation; torch._assert_async under torch.compile). False for CUDA graphs.
+        layer_names: names of the layers (for `.terms` and mapping `samples`).
+        backend: "auto", "native" or "reference".
 
     forward(features, labels): features is a sequence of (B, C_l, h_l, w_l) tensors (layer l at
-    index l), labels (B, H, W) integers. Returns the weighted total; the per-term values of the last
-    call (before `weight`, detached) are in `.terms`. An image's loss does not depend on the rest
-    of its batch.
+    index l), labels (B, H, W) or (B, 1, H, W) integers. Returns the weighted total; the
+    per-term values of the last call (before `weight`, averaged over images, detached) are in
+    `.terms`, keyed by layer name and "a~b" for cross-layer pairs. An image's loss does not
+    depend on the rest of its batch. One call computes the ratios of every layer and patch size
+    from one integral image of the labels.
     """
 
     def __init__(self, num_classes: int = 2, *, mode: str = "hierarchical",
-                 samples: int | Sequence[int] = PAPER_SAMPLES,
+                 samples: int | Sequence[int] | Mapping[str, int] = PAPER_SAMPLES,
                  patch_sizes: Sequence[int] = PAPER_PATCH_SIZES,
                  receptive_fields: Sequence | None = None,
                  cross_layers: Sequence[tuple[int, int]] = (),
                  in_channels: Sequence[int] | None = None, projection_channels: int = 32,
-                 position_encoding: bool = True, tau: float = 0.5, weight: float = 0.01,
-                 layer_weights: Sequence[float] | None = None,
+                 position_encoding: str | bool = "normalized", tau: float = 0.5,
+                 weight: float = 0.01, layer_weights: Sequence[float] | None = None,
                  cross_weights: Sequence[float] | None = None, reduction: str = "mean",
-                 jitter: bool = False, generator: torch.Generator | None = None,
-                 area: str = "box", backend: str = "auto"):
+                 pair_reduction: str = "sum", jitter: bool = False,
+                 generator: torch.Generator | None = None, area: str = "box",
+                 ignore_index: int | None = None, validate: bool = True,
+                 layer_names: Sequence[str] | None = None, backend: str = "auto"):
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-        self.num_classes = num_classes
+        self.num_classes = _checks.num_classes(num_classes)
         self.mode = _checks.choice("mode", mode, ("hierarchical", "receptive_field"))
-        self.samples = (samples,) if isinstance(samples, int) else tuple(samples)
-        if not self.samples or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.samples):
-            raise ValueError(f"samples must be an int >= 1 or a non-empty sequence of them, got {samples!r}")
+        self.layer_names = None if layer_names is None else [str(n) for n in layer_names]
+        self.samples = self._parse_samples(samples)
         self.patch_sizes = tuple(patch_sizes)
         if not self.patch_sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.patch_sizes):
             raise ValueError(f"patch_sizes must be ints >= 1, got {patch_sizes!r}")
@@ -95,7 +132,11 @@ class PDCRLoss(nn.Module):
             if self.in_channels is None or layer >= len(self.in_channels):
                 raise ValueError(f"in_channels must give the channels of layer {layer} (used in cross_layers)")
             self.projections[str(layer)] = nn.Conv2d(self.in_channels[layer], projection_channels, 1)
-        self.position_encoding = bool(position_encoding)
+        if position_encoding is True:
+            position_encoding = "normalized"
+        if position_encoding is not False and position_encoding is not None:
+            _checks.choice("position_encoding", position_encoding, POSITION_ENCODINGS + (False,))
+        self.position_encoding = position_encoding or None
         self.tau = _checks.tau(tau)
         self.weight = float(weight)
         self.layer_weights = None if layer_weights is None else [float(w) for w in layer_weights]
@@ -104,23 +145,51 @@ class PDCRLoss(nn.Module):
             raise ValueError(f"cross_weights must give one weight per pair of cross_layers "
                              f"({len(self.cross_layers)}), got {len(self.cross_weights)}")
         self.reduction = _checks.choice("reduction", reduction, _checks.REDUCTIONS)
+        self.pair_reduction = _checks.choice("pair_reduction", pair_reduction, ("sum", "mean"))
         self.jitter = bool(jitter)
         self.generator = generator
         self.area = _checks.choice("area", area, ("box", "inside"))
-        self.backend = _checks.choice("backend", backend, _checks.BACKENDS)
+        self.ignore_index = _checks.ignore_index(ignore_index, self.num_classes)
+        self.validate = bool(validate)
+        self.backend = _checks.choice("backend", backend, _ops.BACKENDS)
         self.terms: dict[str, torch.Tensor] = {}
+        self._geometry_cache: dict[tuple, LayerGeometry] = {}
+
+    def _parse_samples(self, samples) -> tuple[int, ...]:
+        if isinstance(samples, Mapping):
+            if self.layer_names is None:
+                raise ValueError("samples given by layer name need layer_names")
+            unknown = sorted(set(samples) - set(self.layer_names))
+            missing = [n for n in self.layer_names if n not in samples]
+            if unknown or missing:
+                raise ValueError(f"samples must give N for every layer {self.layer_names}: "
+                                 f"missing {missing}, unknown {unknown}")
+            samples = [samples[n] for n in self.layer_names]
+        values = (samples,) if isinstance(samples, int) else tuple(samples)
+        if not values or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in values):
+            raise ValueError(f"samples must be an int >= 1, a non-empty sequence of them, or a "
+                             f"mapping from layer name to one, got {samples!r}")
+        return values
+
+    def name(self, layer: int) -> str:
+        return self.layer_names[layer] if self.layer_names else f"layer{layer}"
 
     # -- sampling and patches ----------------------------------------------------------------
 
     def num_samples(self, layer: int) -> int:
         return self.samples[min(layer, len(self.samples) - 1)]
 
-    def _layer_patches(self, layer: int, feature: torch.Tensor, labels: torch.Tensor):
-        """Positions (N, 2), their patch boxes per size (P, N, 4) and the encoded box (N, 4)."""
+    def _geometry(self, layer: int, feature: torch.Tensor, labels: torch.Tensor) -> LayerGeometry:
+        """Positions, patch boxes and position code of one layer; cached unless jittered."""
         h, w = feature.shape[-2:]
         H, W = labels.shape[-2:]
+        key = (layer, h, w, H, W, feature.device, labels.device)
+        cacheable = not self.jitter and not torch.compiler.is_compiling()
+        if cacheable and key in self._geometry_cache:
+            return self._geometry_cache[key]
         n = min(self.num_samples(layer), h * w)
-        positions = grid_positions(h, w, n, jitter=self.jitter, generator=self.generator)
+        positions = grid_positions(h, w, n, jitter=self.jitter, generator=self.generator,
+                                   device=feature.device)
         if self.mode == "receptive_field":
             if layer >= len(self.receptive_fields):
                 raise ValueError(f"receptive_fields has {len(self.receptive_fields)} entries, "
@@ -133,30 +202,45 @@ class PDCRLoss(nn.Module):
                                    ((2 * positions[:, 1] + 1) * W) // (2 * w)], dim=1)
             boxes = torch.stack([patch_boxes(centres, size) for size in self.patch_sizes])
             encoded = boxes[len(self.patch_sizes) // 2]
-        return positions.to(feature.device), boxes.to(labels.device), encoded
+        code = encoded[:, [1, 3, 0, 2]] if self.position_encoding else None  # the paper's order
+        geometry = LayerGeometry(positions, boxes.to(labels.device), code, (H, W))
+        if cacheable:
+            self._geometry_cache[key] = geometry
+        return geometry
 
-    def _vectors(self, feature, positions, encoded, labels, projection=None):
+    def _vectors(self, feature, geometry: LayerGeometry, projection=None):
         """(B, N, C [+ 4]) feature vectors at the positions, projected and position-encoded."""
+        positions = geometry.positions
         vectors = feature[:, :, positions[:, 0], positions[:, 1]].transpose(1, 2)
         if projection is not None:  # a 1x1 convolution on the sampled vectors
             vectors = F.linear(vectors, projection.weight.flatten(1), projection.bias)
-        if self.position_encoding:
-            H, W = labels.shape[-2:]
-            scale = torch.tensor([H, W, H, W], dtype=vectors.dtype, device=vectors.device)
-            code = (encoded.to(vectors.device, vectors.dtype) / scale).expand(vectors.shape[0], -1, -1)
-            vectors = torch.cat([vectors, code], dim=-1)
+        if geometry.code is not None:
+            code = geometry.code.to(vectors.dtype)
+            if self.position_encoding == "normalized":  # scalar divisions: no host-to-device copy
+                H, W = geometry.image_size
+                code = torch.cat([code[:, :2] / W, code[:, 2:] / H], dim=1)
+            vectors = torch.cat([vectors, code.expand(vectors.shape[0], -1, -1)], dim=-1)
         return vectors
 
-    def _ratios(self, labels, boxes):
-        return torch.stack([foreground_ratios(labels, b, self.num_classes, area=self.area,
-                                              backend=self.backend) for b in boxes], dim=1)
+    def _ratios(self, labels: torch.Tensor, geometries: Sequence[LayerGeometry]) -> list[torch.Tensor]:
+        """Every layer's (B, P, N, M) ratios from ONE native call: one integral image."""
+        boxes = torch.cat([g.boxes.reshape(-1, 4) for g in geometries])
+        native = _ops.use_native(self.backend, labels.device)
+        ratios = ratios_unchecked(labels, boxes.expand(labels.shape[0], -1, -1), self.num_classes,
+                                  self.area, self.ignore_index, native)
+        out, start = [], 0
+        for g in geometries:
+            P, N = g.boxes.shape[:2]
+            out.append(ratios[:, start:start + P * N].reshape(-1, P, N, self.num_classes))
+            start += P * N
+        return out
 
     def _term(self, rows, phi_rows, cols=None, phi_cols=None):
         """Per-image value of one term of eq. 12: (B,)."""
         per_row = dragsaw_loss(rows, phi_rows, cols, phi_cols, tau=self.tau, reduction="none",
                                backend=self.backend)  # (B, P, N)
         per_image = per_row.sum(dim=(1, 2))
-        if self.reduction != "sum":
+        if self.pair_reduction == "mean":
             pairs = per_row.shape[1] * per_row.shape[2] * (rows if cols is None else cols).shape[1]
             per_image = per_image / max(pairs, 1)
         return per_image
@@ -169,33 +253,37 @@ class PDCRLoss(nn.Module):
         features = list(features)
         if not features:
             raise ValueError("features must hold at least one (B, C, h, w) tensor")
-        labels = _checks.tensor("labels", labels, ndim=3, shape_doc="(B, H, W)", integer=True)
+        labels = _checks.labels(labels, spatial_dims=2)
         B = labels.shape[0]
         for i, f in enumerate(features):
             _checks.tensor(f"features[{i}]", f, ndim=4, shape_doc="(B, C, h, w)", floating=True)
             if f.shape[0] != B:
                 raise ValueError(f"features[{i}] has batch {f.shape[0]} but labels has {B}")
+        if self.layer_names is not None and len(self.layer_names) != len(features):
+            raise ValueError(f"layer_names has {len(self.layer_names)} entries for {len(features)} layers")
         for a, b in self.cross_layers:
             if max(a, b) >= len(features):
                 raise ValueError(f"cross_layers pair ({a}, {b}) needs {max(a, b) + 1} layers, got {len(features)}")
         if self.layer_weights is not None and len(self.layer_weights) != len(features):
             raise ValueError(f"layer_weights has {len(self.layer_weights)} entries for {len(features)} layers")
+        if self.validate:
+            _checks.label_values(labels, self.num_classes, self.ignore_index)
 
-        patches = [self._layer_patches(i, f, labels) for i, f in enumerate(features)]
-        ratios = [self._ratios(labels, boxes) for _, boxes, _ in patches]
+        geometries = [self._geometry(i, f, labels) for i, f in enumerate(features)]
+        ratios = self._ratios(labels, geometries)
         total = features[0].new_zeros(B, dtype=torch.float32)
-        self.terms = {}
-        for i, (feature, (positions, _, encoded)) in enumerate(zip(features, patches)):
-            vectors = self._vectors(feature, positions, encoded, labels)
-            term = self._term(vectors, ratios[i])
-            self.terms[f"layer{i}"] = term.detach().mean()
+        terms = {}
+        for i, (feature, geometry) in enumerate(zip(features, geometries)):
+            term = self._term(self._vectors(feature, geometry), ratios[i])
+            terms[self.name(i)] = term.detach().mean()
             total = total + (1.0 if self.layer_weights is None else self.layer_weights[i]) * term
         for t, (a, b) in enumerate(self.cross_layers):
-            rows = self._vectors(features[a], patches[a][0], patches[a][2], labels, self.projections[str(a)])
-            cols = self._vectors(features[b], patches[b][0], patches[b][2], labels, self.projections[str(b)])
+            rows = self._vectors(features[a], geometries[a], self.projections[str(a)])
+            cols = self._vectors(features[b], geometries[b], self.projections[str(b)])
             term = self._term(rows, ratios[a], cols, ratios[b])
-            self.terms[f"cross{a}-{b}"] = term.detach().mean()
+            terms[f"{self.name(a)}~{self.name(b)}"] = term.detach().mean()
             total = total + (1.0 if self.cross_weights is None else self.cross_weights[t]) * term
+        self.terms = terms
         total = self.weight * total
         if self.reduction == "none":
             return total

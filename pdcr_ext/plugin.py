@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -40,11 +40,13 @@ class PDCRHandle:
 
     @property
     def terms(self) -> dict[str, torch.Tensor]:
-        """Per-layer and per-pair terms of the last loss() (detached), for logging."""
+        """Per-layer and per-pair terms of the last loss() (detached, before the weight, averaged
+        over images), keyed by module name and "a~b" for cross-layer pairs: for logging."""
         return {} if self.pdcr is None else dict(self.pdcr.terms)
 
     def loss(self, labels: torch.Tensor) -> torch.Tensor:
-        """PDCR (eq. 12, weighted) from the features of the model's last forward; labels (B, H, W)."""
+        """PDCR (eq. 12, weighted) from the features of the model's last forward; labels (B, H, W)
+        or (B, 1, H, W)."""
         if self.pdcr is None:
             raise RuntimeError("attach() was called without pdcr_layers: there is no PDCR loss")
         missing = [name for name in self.pdcr_layers if name not in self._features]
@@ -92,6 +94,53 @@ def _output_shapes(model: nn.Module, names, example_input):
     return result
 
 
+def _example_input(model: nn.Module, example_input):
+    """The given input, or zeros of (2, C_in, 256, 256) with C_in from the first nn.Conv2d."""
+    if example_input is not None:
+        return example_input
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is None:
+        raise ValueError("example_input is required: the model has no nn.Conv2d to infer it from")
+    parameter = next(model.parameters())
+    return torch.zeros(2, first_conv.in_channels, 256, 256, device=parameter.device, dtype=parameter.dtype)
+
+
+class LayerInfo(NamedTuple):
+    name: str  # the name attach() takes
+    type: str  # the module's class
+    shape: tuple  # its output's shape on the example input
+
+
+def list_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[LayerInfo]:
+    """Every named module whose output is a feature map (B, C, h, w), in the order they run:
+    the names pdcr_layers / uafr_layers / cross_layers of attach() take.
+
+    `print(*pdcr_ext.list_layers(model, torch.zeros(1, 3, 256, 256)), sep="\n")` shows them with
+    their output shapes; the paper's choice is the central encoder stages (see the README,
+    "Choosing layers").
+    """
+    example_input = _example_input(model, example_input)
+    found: dict[str, LayerInfo] = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.dim() == 4 and name not in found:
+                found[name] = LayerInfo(name, type(module).__name__, tuple(output.shape))
+        return hook
+
+    hooks = [module.register_forward_hook(record(name)) for name, module in model.named_modules() if name]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return list(found.values())
+
+
 def attach(model: nn.Module, pdcr_layers: Sequence[str] = (), cross_layers=(),
            uafr_layers: Sequence[str] = (), num_classes: int = 2, *, example_input=None,
            uafr_options: dict | None = None, **pdcr_options) -> PDCRHandle:
@@ -109,8 +158,9 @@ def attach(model: nn.Module, pdcr_layers: Sequence[str] = (), cross_layers=(),
             nn.Conv2d.
         uafr_options: keyword arguments of pdcr_ext.UAFR (hidden_channels, kernel_size, ...).
         **pdcr_options: keyword arguments of pdcr_ext.PDCRLoss (mode, samples, patch_sizes, tau,
-            weight, ...). In mode="receptive_field" the fields are traced from the model unless
-            given.
+            weight, reduction, pair_reduction, ignore_index, ...). `samples` may map module names
+            to N (e.g. {"enc2": 64, "enc3": 32, "enc4": 16}). In mode="receptive_field" the
+            fields are traced from the model unless given.
 
     Returns:
         PDCRHandle: handle.loss(labels) after a forward; handle.remove() restores the model. The
@@ -132,13 +182,7 @@ def attach(model: nn.Module, pdcr_layers: Sequence[str] = (), cross_layers=(),
             raise ValueError(f"cross_layers pair {pair!r} must name two of pdcr_layers {pdcr_layers}")
         pairs.append((a, b))
 
-    if example_input is None:
-        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        if first_conv is None:
-            raise ValueError("example_input is required: the model has no nn.Conv2d to infer it from")
-        parameter = next(model.parameters())
-        example_input = torch.zeros(2, first_conv.in_channels, 256, 256, device=parameter.device,
-                                    dtype=parameter.dtype)
+    example_input = _example_input(model, example_input)
     shapes = _output_shapes(model, list(dict.fromkeys(pdcr_layers + uafr_layers)), example_input)
 
     container = nn.Module()
@@ -151,7 +195,7 @@ def attach(model: nn.Module, pdcr_layers: Sequence[str] = (), cross_layers=(),
         if pdcr_options.get("mode") == "receptive_field" and pdcr_options.get("receptive_fields") is None:
             pdcr_options["receptive_fields"] = [
                 receptive_field_of(model, name, tuple(example_input.shape)) for name in pdcr_layers]
-        container.pdcr = PDCRLoss(num_classes, cross_layers=pairs,
+        container.pdcr = PDCRLoss(num_classes, cross_layers=pairs, layer_names=pdcr_layers,
                                   in_channels=[shapes[name][1] for name in pdcr_layers], **pdcr_options)
     parameter = next(model.parameters(), None)
     if parameter is not None:

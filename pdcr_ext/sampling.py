@@ -34,7 +34,7 @@ def grid_positions(height: int, width: int, n: int, *, jitter: bool = False,
     no diagonal or single-column collapse, on square and non-square maps alike.
 
     Returns:
-        LongTensor (n, 2) of (row, col).
+        LongTensor (n, 2) of (row, col) on `device` (a jitter `generator` must be on it too).
     """
     for name, value in (("height", height), ("width", width), ("n", n)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -46,16 +46,17 @@ def grid_positions(height: int, width: int, n: int, *, jitter: bool = False,
     if n == 0:
         return torch.empty((0, 2), dtype=torch.long, device=device)
     rows, cols = _grid_shape(height, width, n)
-    cell = (torch.arange(n, dtype=torch.long) * (rows * cols)) // n  # n distinct, evenly spread
+    # computed on `device` from the start: no host-to-device copy (CUDA graphs, no stalls)
+    cell = (torch.arange(n, dtype=torch.long, device=device) * (rows * cols)) // n  # n distinct, evenly spread
     cell_row, cell_col = cell // cols, cell % cols
     # Cell (a, b) spans map rows [a*H//rows, (a+1)*H//rows) and columns likewise: never empty,
     # since rows <= H and cols <= W.
     r0, r1 = cell_row * height // rows, (cell_row + 1) * height // rows
     c0, c1 = cell_col * width // cols, (cell_col + 1) * width // cols
     if jitter:
-        u = torch.rand((2, n), generator=generator, dtype=torch.float64)
+        u = torch.rand((2, n), generator=generator, dtype=torch.float64, device=device)
         r = r0 + torch.minimum((u[0] * (r1 - r0)).long(), r1 - r0 - 1)
         c = c0 + torch.minimum((u[1] * (c1 - c0)).long(), c1 - c0 - 1)
     else:
         r, c = (r0 + r1 - 1) // 2, (c0 + c1 - 1) // 2
-    return torch.stack([r, c], dim=1).to(device)
+    return torch.stack([r, c], dim=1)

@@ -7,8 +7,7 @@ from torch import nn
 
 import pdcr_reference as ref
 
-from . import _checks
-from .functional import _use_native
+from . import _checks, _ops
 
 
 def uafr_reweight(features: torch.Tensor, logits: torch.Tensor, *, backend: str = "auto"):
@@ -33,7 +32,7 @@ def uafr_reweight(features: torch.Tensor, logits: torch.Tensor, *, backend: str 
     if logits.dtype != features.dtype:
         raise ValueError(f"logits dtype {logits.dtype} differs from features dtype {features.dtype}")
     _checks.same_device(features=features, logits=logits)
-    if _use_native(backend, features.device):
+    if _ops.use_native(backend, features.device):
         return tuple(torch.ops.pdcr.uafr_reweight(features, logits))
     out, u = ref.uafr_reweight(features, logits)
     return out, u.detach()
@@ -71,7 +70,7 @@ class UAFR(nn.Module):
         hidden = min(in_channels, 64) if hidden_channels is None else hidden_channels
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
             raise ValueError(f"hidden_channels must be an int >= 1, got {hidden_channels!r}")
-        _checks.choice("backend", backend, _checks.BACKENDS)
+        _checks.choice("backend", backend, _ops.BACKENDS)
         self.backend = backend
         self.num_maps = num_maps
         self.head = nn.Sequential(  # F (eq. 13)

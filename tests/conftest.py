@@ -18,7 +18,7 @@ settings.register_profile(
 settings.register_profile("random", parent=settings.get_profile("default"), derandomize=False)
 settings.load_profile("random" if os.environ.get("PDCR_HYPOTHESIS_RANDOM") else "default")
 
-HAS_CUDA = torch.cuda.is_available() and pdcr_ext.has_cuda_kernels()
+HAS_CUDA = torch.cuda.is_available() and pdcr_ext.has_cuda_kernels
 
 requires_native = pytest.mark.skipif(not pdcr_ext.native_available, reason="extension not built")
 

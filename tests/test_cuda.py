@@ -170,12 +170,41 @@ def test_foreground_ratios_match_cpu(B, H, W, M, N, seed, area):
     torch.testing.assert_close(got.cpu(), want, rtol=1e-6, atol=1e-7)
 
 
-def test_foreground_ratio_op_rejects_bad_labels_and_boxes():
+@given(B=st.integers(1, 2), D=st.integers(1, 12), H=st.integers(1, 40), W=st.integers(1, 40),
+       M=st.integers(1, 4), N=st.integers(1, 30), seed=st.integers(0, 2**16),
+       area=st.sampled_from(["box", "inside"]), ignore=st.sampled_from([None, 255]))
+@settings(max_examples=25)
+def test_volume_ratios_and_ignore_index_match_cpu(B, D, H, W, M, N, seed, area, ignore):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, M, (B, D, H, W), generator=g)
+    if ignore is not None:
+        labels[torch.rand(labels.shape, generator=g) < 0.3] = ignore
+    lo = torch.stack([torch.randint(-5, s + 3, (B, N), generator=g) for s in (D, H, W)], -1)
+    boxes = torch.cat([lo, lo + torch.randint(0, 12, (B, N, 3), generator=g)], -1)
+    want = pdcr_ext.foreground_ratios(labels, boxes, M, area=area, ignore_index=ignore, backend="reference")
+    got = pdcr_ext.foreground_ratios(labels.cuda(), boxes.cuda(), M, area=area, ignore_index=ignore,
+                                     backend="native")
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-6, atol=1e-7)
+    flat = pdcr_ext.foreground_ratios(labels[:, 0].cuda(), boxes[..., [1, 2, 4, 5]].cuda(), M, area=area,
+                                      ignore_index=ignore, backend="native")
+    want_flat = pdcr_ext.foreground_ratios(labels[:, 0], boxes[..., [1, 2, 4, 5]], M, area=area,
+                                           ignore_index=ignore, backend="reference")
+    torch.testing.assert_close(flat.cpu(), want_flat, rtol=1e-6, atol=1e-7)
+
+
+def test_bad_labels_raise_in_python_and_the_op_never_syncs():
+    """The public function checks on the host; the CUDA op itself does not read anything back:
+    out-of-range labels count for no class and inverted boxes give 0."""
     labels = torch.tensor([[[0, 7]]], device="cuda")
-    with pytest.raises(RuntimeError, match="labels must lie"):
-        torch.ops.pdcr.foreground_ratios(labels, torch.tensor([[[0, 0, 0, 1]]], device="cuda"), 2, False)
-    with pytest.raises(RuntimeError, match="boxes must have y1 >= y0"):
-        torch.ops.pdcr.foreground_ratios(labels * 0, torch.tensor([[[1, 0, 0, 1]]], device="cuda"), 2, False)
+    box = torch.tensor([[[0, 0, 0, 1]]], device="cuda")
+    with pytest.raises(ValueError, match="labels must lie"):
+        pdcr_ext.foreground_ratios(labels, box, 2)
+    with pytest.raises(ValueError, match="boxes must have end >= start"):
+        pdcr_ext.foreground_ratios(labels * 0, torch.tensor([[[1, 0, 0, 1]]], device="cuda"), 2)
+    got = torch.ops.pdcr.foreground_ratios(labels, box, 2, False)
+    torch.testing.assert_close(got.cpu(), torch.tensor([[[0.5, 0.0]]]))
+    inverted = torch.ops.pdcr.foreground_ratios(labels * 0, torch.tensor([[[1, 0, 0, 1]]], device="cuda"), 2, False)
+    assert torch.equal(inverted.cpu(), torch.zeros(1, 1, 2))
 
 
 def test_rf_boxes_match_cpu():

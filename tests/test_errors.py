@@ -62,7 +62,7 @@ def test_devices_are_compared_by_the_public_api():
         ((torch.zeros(4, 4, dtype=torch.long), torch.tensor([[0, 0, 1, 1]]), 2), "labels must have shape"),
         ((torch.zeros(1, 4, 4, dtype=torch.long), torch.tensor([0, 0, 1, 1]), 2), "boxes must have shape"),
         ((torch.zeros(1, 4, 4, dtype=torch.long), torch.tensor([[0.0, 0, 1, 1]]), 2), "boxes must be an integer"),
-        ((torch.zeros(1, 4, 4, dtype=torch.long), torch.tensor([[2, 0, 1, 1]]), 2), "boxes must have y1 >= y0"),
+        ((torch.zeros(1, 4, 4, dtype=torch.long), torch.tensor([[2, 0, 1, 1]]), 2), "boxes must have end >= start"),
         ((torch.zeros(2, 4, 4, dtype=torch.long), torch.zeros(3, 1, 4, dtype=torch.long), 2), "boxes batch"),
         ((torch.zeros(1, 4, 4, dtype=torch.long), torch.tensor([[0, 0, 1, 1]]), 0), "num_classes"),
     ],
@@ -107,7 +107,7 @@ def test_ratio_op_checks_name_the_argument():
     labels = torch.tensor([[[0, 5]]])
     with pytest.raises(RuntimeError, match=r"labels must lie in \[0, num_classes=2\), found 5"):
         torch.ops.pdcr.foreground_ratios(labels, torch.tensor([[[0, 0, 0, 1]]]), 2, False)
-    with pytest.raises(RuntimeError, match="boxes must have y1 >= y0"):
+    with pytest.raises(RuntimeError, match="boxes must have end >= start"):
         torch.ops.pdcr.foreground_ratios(labels * 0, torch.tensor([[[1, 0, 0, 1]]]), 2, False)
     with pytest.raises(RuntimeError, match="boxes must be int64"):
         torch.ops.pdcr.foreground_ratios(labels * 0, torch.tensor([[[0, 0, 0, 1]]], dtype=torch.int32), 2, False)

@@ -45,11 +45,17 @@ def test_opcheck_foreground_ratios():
     boxes = torch.cat([boxes, boxes + torch.randint(0, 6, (2, 6, 2))], dim=-1)
     for inside in (False, True):
         torch.library.opcheck(torch.ops.pdcr.foreground_ratios.default, (labels, boxes, 3, inside))
+        torch.library.opcheck(torch.ops.pdcr.foreground_ratios.default, (labels, boxes, 3, inside, 255))
+    volume = torch.randint(0, 3, (2, 5, 11, 7))
+    cubes = torch.cat([boxes[..., :1], boxes[..., :2], boxes[..., 2:3], boxes[..., 2:]], dim=-1)
+    torch.library.opcheck(torch.ops.pdcr.foreground_ratios.default, (volume, cubes, 3, True, -1))
 
 
 def test_opcheck_rf_boxes():
     positions = torch.randint(0, 10, (3, 5, 2))
     torch.library.opcheck(torch.ops.pdcr.rf_boxes.default, (positions, [7, 5], [2, 3], [-3, 1]))
+    positions = torch.randint(0, 10, (4, 3))
+    torch.library.opcheck(torch.ops.pdcr.rf_boxes.default, (positions, [3, 7, 5], [1, 2, 3], [0, -3, 1]))
 
 
 def test_torch_compile_fullgraph_matches_eager():

@@ -136,3 +136,148 @@ def test_bad_arguments_are_named():
         loss([torch.randn(2, 3, 4, 4)], torch.zeros(1, 8, 8, dtype=torch.long))
     with pytest.raises(ValueError, match="samples"):
         pdcr_ext.PDCRLoss(2, samples=0)
+
+
+def test_stored_case_is_unchanged():
+    """The values and gradients computed before the one-pass ratio change (tests/data)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "data"))
+    from make_pdcr_loss_case import OUT, case_inputs
+
+    case = torch.load(OUT)
+    features, labels = case_inputs()
+    for stored, fresh in zip(case["features"], features):
+        assert torch.equal(stored, fresh)
+    for mode in ("hierarchical", "receptive_field"):
+        kwargs = dict(samples=(40, 20), weight=1.0, reduction="none", pair_reduction="mean")
+        if mode == "hierarchical":
+            kwargs.update(cross_layers=[(0, 1)], in_channels=[6, 10])
+        else:
+            kwargs.update(mode=mode, receptive_fields=[(9, 4, -3), (21, 8, -7)])
+        module = pdcr_ext.PDCRLoss(3, **kwargs).double()
+        if mode == "hierarchical":
+            module.load_state_dict(case["state"])
+        feats = [f.clone().requires_grad_() for f in features]
+        value = module(feats, labels)
+        value.sum().backward()
+        torch.testing.assert_close(value, case[mode]["value"], rtol=1e-12, atol=1e-12)
+        for f, grad in zip(feats, case[mode]["grads"]):
+            torch.testing.assert_close(f.grad, grad, rtol=1e-10, atol=1e-14)
+
+
+def test_one_ratio_call_per_forward(monkeypatch):
+    """Every layer and patch size from one integral image of the labels."""
+    import pdcr_ext.loss as loss_module
+
+    calls = []
+    original = loss_module.ratios_unchecked
+    monkeypatch.setattr(loss_module, "ratios_unchecked", lambda *a: calls.append(a[1].shape) or original(*a))
+    loss = pdcr_ext.PDCRLoss(2, samples=(20, 10, 5), cross_layers=[(0, 1)], in_channels=[4, 4, 4])
+    loss([torch.randn(2, 4, 16, 16), torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)], _labels(2, 32, 32))
+    assert calls == [(2, 3 * (20 + 10 + 5), 4)]
+
+
+def test_monai_label_shape_gives_the_same_loss():
+    feats = [torch.randn(2, 4, 8, 8)]
+    labels = _labels(2, 32, 32)
+    loss = pdcr_ext.PDCRLoss(2, samples=16)
+    torch.testing.assert_close(loss(feats, labels[:, None]), loss(feats, labels))
+
+
+def test_pair_reduction_sum_is_eq12_and_mean_divides_by_the_pairs():
+    torch.manual_seed(0)
+    feats = [torch.randn(3, 4, 8, 8, dtype=torch.float64), torch.randn(3, 6, 4, 4, dtype=torch.float64)]
+    labels = _labels(3, 32, 32)
+    common = dict(samples=(16, 8), patch_sizes=(3, 5), cross_layers=[(0, 1)], in_channels=[4, 6], weight=1.0,
+                  position_encoding=False, reduction="sum")
+    paper = pdcr_ext.PDCRLoss(2, pair_reduction="sum", **common).double()
+    mean = pdcr_ext.PDCRLoss(2, pair_reduction="mean", **common).double()
+    mean.load_state_dict(paper.state_dict())
+    total = paper(feats, labels)
+    mean(feats, labels)
+    for name, value in paper.terms.items():
+        P, N, K = 2, {"layer0": 16, "layer1": 8, "layer0~layer1": 16}[name], {"layer0": 16, "layer1": 8, "layer0~layer1": 8}[name]
+        torch.testing.assert_close(mean.terms[name], value / (P * N * K))
+    # eq. 12 by hand: the single-layer sums (the cross term needs the projections: from .terms)
+    single = sum(paper.terms[n] for n in ("layer0", "layer1")) * 3
+    torch.testing.assert_close(total, single + paper.terms["layer0~layer1"] * 3)
+
+
+def test_default_is_the_papers_weighting():
+    """0.01 x eq. 12 (pairs summed), averaged over the images."""
+    feats = [torch.randn(2, 4, 8, 8, dtype=torch.float64)]
+    labels = _labels(2, 32, 32)
+    default = pdcr_ext.PDCRLoss(2, samples=16)
+    assert (default.weight, default.pair_reduction, default.reduction) == (0.01, "sum", "mean")
+    per_image = pdcr_ext.PDCRLoss(2, samples=16, weight=1.0, reduction="none")(feats, labels)
+    torch.testing.assert_close(default(feats, labels), 0.01 * per_image.mean())
+
+
+def test_position_encodings():
+    feature = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    labels = torch.zeros(1, 16, 32, dtype=torch.long)  # non-square: H = 16, W = 32
+    pos = pdcr_ext.grid_positions(4, 4, 16)
+    centres = torch.stack([pos[:, 0] * 4 + 2, pos[:, 1] * 8 + 4], 1)
+    box = pdcr_ext.patch_boxes(centres, 7).double()  # (y0, x0, y1, x1)
+    pixels = box[:, [1, 3, 0, 2]]  # the paper's (x_min, x_max, y_min, y_max)
+    normalized = pixels / torch.tensor([32.0, 32.0, 16.0, 16.0])
+    rows = feature[:, :, pos[:, 0], pos[:, 1]].transpose(1, 2)
+    phi = torch.stack([ref.foreground_ratios(labels, pdcr_ext.patch_boxes(centres, s)[None], 2)
+                       for s in (5, 7, 9)], 1).double()
+    for encoding, code in (("normalized", normalized), ("pixels", pixels), (False, None)):
+        vectors = rows if code is None else torch.cat([rows, code[None]], -1)
+        want = ref.dragsaw_row_loss(vectors, phi, vectors, phi, 0.5).sum()
+        got = pdcr_ext.PDCRLoss(2, samples=16, weight=1.0, position_encoding=encoding)([feature], labels)
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="position_encoding"):
+        pdcr_ext.PDCRLoss(2, position_encoding="raw")
+
+
+def test_ignore_index_in_the_loss():
+    torch.manual_seed(0)
+    feats = [torch.randn(2, 4, 8, 8, dtype=torch.float64)]
+    labels = _labels(2, 32, 32)
+    labels[:, :4] = 255
+    loss = pdcr_ext.PDCRLoss(2, samples=16, weight=1.0, ignore_index=255, position_encoding=False)
+    pos = pdcr_ext.grid_positions(8, 8, 16)
+    centres = pos * 4 + 2
+    phi = torch.stack([ref.foreground_ratios(labels, pdcr_ext.patch_boxes(centres, s).expand(2, -1, -1), 2, "box", 255)
+                       for s in (5, 7, 9)], 1).double()
+    rows = feats[0][:, :, pos[:, 0], pos[:, 1]].transpose(1, 2)
+    want = ref.dragsaw_row_loss(rows, phi, rows, phi, 0.5).sum() / 2
+    torch.testing.assert_close(loss(feats, labels), want)
+    with pytest.raises(ValueError, match="pass ignore_index"):
+        pdcr_ext.PDCRLoss(2, samples=16)(feats, labels)
+
+
+def test_terms_are_keyed_by_layer_names_and_samples_by_name():
+    loss = pdcr_ext.PDCRLoss(2, samples={"enc3": 8, "enc2": 16}, layer_names=["enc2", "enc3"],
+                             cross_layers=[(0, 1)], in_channels=[4, 4])
+    assert loss.samples == (16, 8)
+    loss([torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 4)], _labels(1, 32, 32))
+    assert list(loss.terms) == ["enc2", "enc3", "enc2~enc3"]
+    with pytest.raises(ValueError, match="missing \\['enc3'\\]"):
+        pdcr_ext.PDCRLoss(2, samples={"enc2": 16}, layer_names=["enc2", "enc3"])
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    loss = pdcr_ext.PDCRLoss(2, samples=(16, 8), cross_layers=[(0, 1)], in_channels=[4, 8])
+    feats = [torch.randn(2, 4, 16, 16, requires_grad=True), torch.randn(2, 8, 8, 8, requires_grad=True)]
+    labels = _labels(2, 64, 64)[:, None]
+    eager = loss(feats, labels)
+    eager.backward()
+    grads = [f.grad.clone() for f in feats]
+    for f in feats:
+        f.grad = None
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    out = compiled(feats, labels)
+    out.backward()
+    torch.testing.assert_close(out, eager)
+    for f, g in zip(feats, grads):
+        torch.testing.assert_close(f.grad, g)
+    bad = labels.clone()
+    bad[0, 0, 0, 0] = 7  # validation still runs inside the graph (torch._assert_async)
+    with pytest.raises(RuntimeError, match="labels must lie"):
+        compiled(feats, bad)

@@ -25,7 +25,7 @@ def test_attach_collects_features_reweights_and_restores():
     u = handle.uncertainty
     assert u["enc3"].shape == (2, 8, 8) and u["dec2"].shape == (2, 16, 16)
     loss = handle.loss(torch.randint(0, 3, (2, 32, 32)))
-    assert loss.ndim == 0 and set(handle.terms) == {"layer0", "layer1"}
+    assert loss.ndim == 0 and set(handle.terms) == {"enc2", "dec2"}
     handle.remove()
     assert set(model.state_dict()) == before_keys
     torch.testing.assert_close(model(x), before_out)
@@ -98,23 +98,46 @@ def test_parameter_counts_like_table_iv(capsys):
               "(training only)")
 
 
-@pytest.mark.parametrize("package", ["segmentation_models_pytorch", "monai"])
-def test_third_party_models_when_installed(package):
-    pytest.importorskip(package)
-    if package == "monai":
-        from monai.networks.nets import UNet as MonaiUNet
+def test_monai_basic_unet_attaches_and_trains():
+    """A third-party model as a user has it: MONAI's BasicUNet, layers by name, labels in
+    MONAI's (B, 1, H, W) convention with unlabelled pixels, two training steps."""
+    from monai.networks.nets import BasicUNet
 
-        model = MonaiUNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(8, 16, 32), strides=(2, 2))
-        names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][:2]
-        example = torch.zeros(2, 1, 32, 32)
-    else:
-        import segmentation_models_pytorch as smp
+    torch.manual_seed(0)
+    model = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(8, 8, 16, 16, 32, 8))
+    handle = pdcr_ext.attach(model, pdcr_layers=["down_1", "down_2", "down_3"],
+                             cross_layers=[("down_1", "down_2")],
+                             uafr_layers=["conv_0", "down_1", "down_2", "upcat_2", "upcat_1"],
+                             num_classes=2, ignore_index=255, samples={"down_1": 32, "down_2": 16, "down_3": 8},
+                             example_input=torch.zeros(1, 1, 64, 64))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    images = torch.randn(2, 1, 64, 64)
+    labels = (images > 0.5).long()
+    labels[..., :8, :] = 255  # unlabelled rows
+    before = [p.detach().clone() for p in handle.pdcr.parameters()]
+    for _ in range(2):
+        optimizer.zero_grad()
+        logits = model(images)
+        loss = torch.nn.functional.cross_entropy(logits, labels[:, 0], ignore_index=255) + handle.loss(labels)
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss)
+    assert set(handle.terms) == {"down_1", "down_2", "down_3", "down_1~down_2"}
+    assert all(not torch.equal(b, p) for b, p in zip(before, handle.pdcr.parameters()))
+    assert handle.uncertainty["down_2"].shape == (2, 16, 16)
+    handle.remove()
 
-        model = smp.Unet("resnet18", encoder_weights=None, in_channels=3, classes=2)
-        names = ["encoder.layer2", "decoder.blocks.1"]
-        example = torch.zeros(2, 3, 64, 64)
-    handle = pdcr_ext.attach(model, pdcr_layers=names, uafr_layers=names[:1], num_classes=2, samples=8,
-                             example_input=example)
+
+def test_segmentation_models_pytorch_when_installed():
+    pytest.importorskip("segmentation_models_pytorch", reason=(
+        "segmentation_models_pytorch needs torchvision, whose wheels need a CUDA build of torch: "
+        "it cannot be installed beside the CPU build the tests use"))
+    import segmentation_models_pytorch as smp
+
+    model = smp.Unet("resnet18", encoder_weights=None, in_channels=3, classes=2)
+    example = torch.zeros(2, 3, 64, 64)
+    handle = pdcr_ext.attach(model, pdcr_layers=["encoder.layer2", "decoder.blocks.1"],
+                             uafr_layers=["encoder.layer2"], num_classes=2, samples=8, example_input=example)
     model(example.normal_())
-    assert torch.isfinite(handle.loss(torch.randint(0, 2, (2,) + example.shape[-2:])))
+    assert torch.isfinite(handle.loss(torch.randint(0, 2, (2, 64, 64))))
     handle.remove()

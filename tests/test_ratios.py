@@ -76,3 +76,93 @@ def test_label_out_of_range_is_an_error(backend):
         pdcr_ext.foreground_ratios(labels, torch.tensor([[0, 0, 0, 0]]), 3, backend=backend)
     with pytest.raises(ValueError, match="labels"):
         pdcr_ext.foreground_ratios(-labels, torch.tensor([[0, 0, 0, 0]]), 3, backend=backend)
+
+
+def oracle_ratios(labels, boxes, M, area, ignore_index):
+    """The plainest count: slice every box out of the image, one box and class at a time."""
+    B, N = boxes.shape[:2]
+    dims = labels.dim() - 1
+    out = torch.zeros(B, N, M, dtype=torch.float64)
+    for b in range(B):
+        for n in range(N):
+            lo, hi = boxes[b, n, :dims].tolist(), boxes[b, n, dims:].tolist()
+            window = labels[b][tuple(slice(max(l, 0), max(h + 1, 0)) for l, h in zip(lo, hi))]
+            full = 1
+            for l, h in zip(lo, hi):
+                full *= h - l + 1
+            valid = window.numel() - (int((window == ignore_index).sum()) if ignore_index is not None else 0)
+            area_value = full if area == "box" else valid
+            for m in range(M):
+                out[b, n, m] = int((window == m).sum()) / area_value if area_value > 0 else 0.0
+    return out.float()
+
+
+@st.composite
+def maps_with_ignored_pixels(draw, dims=2):
+    B = draw(st.integers(1, 2))
+    shape = tuple(draw(st.integers(1, 12 if dims == 2 else 7)) for _ in range(dims))
+    M = draw(st.integers(1, 4))
+    ignore_index = draw(st.sampled_from([255, -1, M, -100]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    labels = torch.randint(0, M, (B,) + shape, generator=g)
+    labels[torch.rand(labels.shape, generator=g) < draw(st.sampled_from([0.0, 0.3, 1.0]))] = ignore_index
+    N = draw(st.integers(1, 8))
+    lo = torch.stack([torch.randint(-6, s + 3, (B, N), generator=g) for s in shape], -1)
+    hi = lo + torch.randint(0, 9, (B, N, dims), generator=g)
+    return labels, torch.cat([lo, hi], -1), M, ignore_index
+
+
+@given(case=maps_with_ignored_pixels(), area=st.sampled_from(["box", "inside"]),
+       backend=st.sampled_from(["native", "reference"]))
+def test_ignore_index_against_a_direct_count(case, area, backend):
+    """Ignored pixels belong to no class, like pixels outside the image: counted in the full box
+    area, left out of the inside area."""
+    labels, boxes, M, ignore_index = case
+    got = pdcr_ext.foreground_ratios(labels, boxes, M, area=area, ignore_index=ignore_index, backend=backend)
+    torch.testing.assert_close(got, oracle_ratios(labels, boxes, M, area, ignore_index), rtol=1e-6, atol=1e-7)
+
+
+@given(case=maps_with_ignored_pixels(dims=3), area=st.sampled_from(["box", "inside"]),
+       backend=st.sampled_from(["native", "reference"]))
+def test_volumes_against_a_direct_count(case, area, backend):
+    """3-D labels (B, D, H, W) and boxes (z0, y0, x0, z1, y1, x1): an integral volume."""
+    labels, boxes, M, ignore_index = case
+    got = pdcr_ext.foreground_ratios(labels, boxes, M, area=area, ignore_index=ignore_index, backend=backend)
+    torch.testing.assert_close(got, oracle_ratios(labels, boxes, M, area, ignore_index), rtol=1e-6, atol=1e-7)
+
+
+def test_ignored_pixels_lower_the_sum_with_the_box_area_only():
+    labels = torch.tensor([[[0, 1], [255, 255]]])
+    box = torch.tensor([[0, 0, 1, 1]])
+    torch.testing.assert_close(pdcr_ext.foreground_ratios(labels, box, 2, ignore_index=255),
+                               torch.tensor([[[0.25, 0.25]]]))
+    torch.testing.assert_close(pdcr_ext.foreground_ratios(labels, box, 2, area="inside", ignore_index=255),
+                               torch.tensor([[[0.5, 0.5]]]))
+
+
+def test_monai_label_shape_gives_the_same_ratios():
+    labels = torch.randint(0, 3, (2, 9, 7))
+    boxes = torch.tensor([[0, 0, 4, 4], [3, 2, 8, 9]])
+    torch.testing.assert_close(pdcr_ext.foreground_ratios(labels[:, None], boxes, 3),
+                               pdcr_ext.foreground_ratios(labels, boxes, 3))
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_other_out_of_range_labels_are_still_errors(backend):
+    labels = torch.tensor([[[0, 255, 3]]])
+    box = torch.tensor([[0, 0, 0, 2]])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes=2\) or equal ignore_index=255, found 3"):
+        pdcr_ext.foreground_ratios(labels, box, 2, ignore_index=255, backend=backend)
+    with pytest.raises(ValueError, match="pass ignore_index"):
+        pdcr_ext.foreground_ratios(labels, box, 2, backend=backend)
+    with pytest.raises(ValueError, match="ignore_index=1 is a class index"):
+        pdcr_ext.foreground_ratios(labels, box, 2, ignore_index=1, backend=backend)
+
+
+def test_the_native_op_checks_labels_on_the_cpu_with_ignore_index():
+    labels = torch.tensor([[[0, 255, 3]]])
+    box = torch.tensor([[[0, 0, 0, 2]]])
+    with pytest.raises(RuntimeError, match=r"or equal ignore_index=255, found 3"):
+        torch.ops.pdcr.foreground_ratios(labels, box, 2, False, 255)
+    ok = torch.ops.pdcr.foreground_ratios(labels.clamp_max(255) * (labels != 3), box, 2, True, 255)
+    torch.testing.assert_close(ok, torch.tensor([[[1.0, 0.0]]]))

@@ -91,4 +91,10 @@ def test_unknown_layer_and_bad_output():
     with pytest.raises(ValueError, match="enc4.*close names|not a module"):
         pdcr_ext.receptive_field_of(EncoderDecoder(), "enc4", (1, 3, 32, 32))
     with pytest.raises(ValueError, match="input_size"):
-        pdcr_ext.receptive_field_of(EncoderDecoder(), "enc2", (32, 32))
+        pdcr_ext.receptive_field_of(EncoderDecoder(), "enc2", (1, 1, 3, 32, 32))
+
+
+def test_input_size_as_image_size():
+    """(H, W), as most people give it: the channels come from the first convolution."""
+    model = EncoderDecoder()
+    assert pdcr_ext.receptive_field_of(model, "enc3", (48, 40)) == pdcr_ext.receptive_field_of(model, "enc3", (3, 48, 40))

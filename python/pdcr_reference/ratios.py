@@ -1,9 +1,9 @@
-"""Foreground ratios (eq. 4) by direct counting.
+"""Foreground ratios (eq. 4) by direct counting, in 2-D and 3-D.
 
 phi_i^m = (number of pixels of class m in box R_i) / (area of R_i).
 
-Counted here with explicit row and column masks over the one-hot labels, an independent method
-from the native kernels' integral image.
+Counted here with explicit per-axis masks over the one-hot labels, an independent method from the
+native kernels' integral images.
 """
 
 from __future__ import annotations
@@ -12,25 +12,36 @@ import torch
 
 
 def foreground_ratios(labels: torch.Tensor, boxes: torch.Tensor, num_classes: int,
-                      area: str = "box") -> torch.Tensor:
-    """labels (B, H, W) in [0, M); boxes (B, N, 4) as (y0, x0, y1, x1) inclusive -> (B, N, M).
+                      area: str = "box", ignore_index: int | None = None) -> torch.Tensor:
+    """labels (B, *S) with S = (H, W) or (D, H, W), values in [0, M) or ignore_index;
+    boxes (B, N, 2 len(S)) as (lo per axis, hi per axis), inclusive -> (B, N, M).
 
     area="box": divide by the full box area (eq. 4 as written; r^2 for receptive fields, pixels
-    outside the image belong to no class). area="inside": divide by the area of the box's part
-    inside the image (0 for every class when that part is empty).
+    outside the image and ignored pixels belong to no class). area="inside": divide by the number
+    of the box's pixels that are inside the image and not ignored (0 for every class when none).
     """
-    B, H, W = labels.shape
-    one_hot = torch.nn.functional.one_hot(labels.long(), num_classes).to(torch.float64)  # B,H,W,M
-    ys = torch.arange(H, device=labels.device)
-    xs = torch.arange(W, device=labels.device)
-    y0, x0, y1, x1 = boxes.long().unbind(-1)  # each (B, N)
-    in_rows = (ys >= y0[..., None]) & (ys <= y1[..., None])  # (B, N, H)
-    in_cols = (xs >= x0[..., None]) & (xs <= x1[..., None])  # (B, N, W)
-    counts = torch.einsum("bnh,bhwm,bnw->bnm", in_rows.double(), one_hot, in_cols.double())
+    dims = labels.dim() - 1
+    ignored = (labels == ignore_index) if ignore_index is not None else torch.zeros_like(labels, dtype=torch.bool)
+    classes = torch.where(ignored, torch.zeros_like(labels), labels).long()
+    one_hot = torch.nn.functional.one_hot(classes, num_classes).to(torch.float64)  # B,*S,M
+    one_hot = one_hot * (~ignored)[..., None]  # an ignored pixel belongs to no class
+    lo, hi = boxes.long()[..., :dims], boxes.long()[..., dims:]  # (B, N, dims) each
+    # inside[a] (B, N, S_a): which coordinates of axis a the box covers
+    inside = []
+    for a in range(dims):
+        coords = torch.arange(labels.shape[a + 1], device=labels.device)
+        inside.append(((coords >= lo[..., a, None]) & (coords <= hi[..., a, None])).double())
+    axes = "dhw"[3 - dims:]
+    spec = ",".join(f"bn{x}" for x in axes)
+    # one axis at a time (einsum contracts left to right): never a (B, N, H, W) intermediate
+    counts = torch.einsum(f"bn{axes[0]},b{axes}m,{spec[4:]}->bnm", inside[0], one_hot, *inside[1:])
     if area == "box":
-        denominator = ((y1 - y0 + 1) * (x1 - x0 + 1)).double()
+        denominator = (hi - lo + 1).prod(-1).double()
     elif area == "inside":
-        denominator = (in_rows.sum(-1) * in_cols.sum(-1)).double()
+        in_image = torch.stack([m.sum(-1) for m in inside], -1).prod(-1)
+        ignored_in_box = torch.einsum(f"bn{axes[0]},b{axes},{spec[4:]}->bn", inside[0], ignored.double(),
+                                      *inside[1:])
+        denominator = in_image - ignored_in_box
     else:
         raise ValueError(f"area must be 'box' or 'inside', got {area!r}")
     ratios = counts / denominator.clamp_min(1)[..., None]

@@ -1,0 +1,52 @@
+"""Writes pdcr_loss_case.pt: PDCRLoss values and gradients on a fixed input, computed with the
+per-layer, per-patch-size ratio calls of commit 77093d8 (before the one-pass ratio change). The
+test test_pdcr_loss.py::test_stored_case checks that later versions give the same numbers.
+
+Run from the repository root: .venv/bin/python tests/data/make_pdcr_loss_case.py
+"""
+
+import os
+
+import torch
+
+import pdcr_ext
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pdcr_loss_case.pt")
+
+
+def case_inputs():
+    g = torch.Generator().manual_seed(1234)
+    features = [torch.randn(3, 6, 16, 12, generator=g, dtype=torch.float64),
+                torch.randn(3, 10, 8, 6, generator=g, dtype=torch.float64)]
+    labels = torch.randint(0, 3, (3, 64, 48), generator=g)
+    labels[0] = 0  # a one-class image
+    return features, labels
+
+
+def main():
+    features, labels = case_inputs()
+    torch.manual_seed(0)
+    loss = pdcr_ext.PDCRLoss(3, samples=(40, 20), cross_layers=[(0, 1)], in_channels=[6, 10],
+                             weight=1.0, reduction="none").double()
+    state = {k: v.clone() for k, v in loss.state_dict().items()}
+    out = {"state": state, "features": features, "labels": labels}
+    for mode in ("hierarchical", "receptive_field"):
+        kwargs = dict(samples=(40, 20), weight=1.0, reduction="none")
+        if mode == "hierarchical":
+            kwargs.update(cross_layers=[(0, 1)], in_channels=[6, 10])
+        else:
+            kwargs.update(mode=mode, receptive_fields=[(9, 4, -3), (21, 8, -7)])
+        module = pdcr_ext.PDCRLoss(3, **kwargs).double()
+        if mode == "hierarchical":
+            module.load_state_dict(state)
+        feats = [f.clone().requires_grad_() for f in features]
+        value = module(feats, labels)
+        value.sum().backward()
+        out[mode] = {"value": value.detach(), "grads": [f.grad for f in feats],
+                     "terms": {k: v.clone() for k, v in module.terms.items()}}
+    torch.save(out, OUT)
+    print("wrote", OUT, {m: out[m]["value"] for m in ("hierarchical", "receptive_field")})
+
+
+if __name__ == "__main__":
+    main()
