@@ -9,7 +9,7 @@ TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 NATIVE_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 PYTEST_ARGS ?=
 
-.PHONY: test bench build clean cuda-check gpu-check
+.PHONY: test bench build demo experiment clean cuda-check gpu-check
 
 # stardist only for the real images it ships (read with tifffile, never imported): no dependencies
 STARDIST_SPEC ?= stardist==0.9.2
@@ -20,11 +20,13 @@ $(VENV)/.deps: requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps "$(STARDIST_SPEC)"
 	@touch $@
 
-# In-place ninja build (recompiles only what changed), and a .pth file that puts the package
-# (and the reference in python/) on the venv's path.
+# In-place ninja build (recompiles only what changed), a .pth file that puts the package (and
+# python/: the reference and pdcr_seg) on the venv's path, and the pdcr-seg command in .venv/bin.
 $(VENV)/.built: $(VENV)/.deps $(NATIVE_SOURCES)
 	$(PY) setup.py -q build_ext --inplace
 	@$(PY) -c "import os, site; open(os.path.join(site.getsitepackages()[0], 'pdcr_ext_dev.pth'), 'w').write('$(CURDIR)\n$(CURDIR)/python\n')"
+	@printf '#!%s\nimport sys\nfrom pdcr_seg.cli import main\nsys.exit(main())\n' "$(abspath $(PY))" > $(VENV)/bin/pdcr-seg
+	@chmod +x $(VENV)/bin/pdcr-seg
 	@touch $@
 
 build: $(VENV)/.built
@@ -35,6 +37,17 @@ test: build
 bench: build
 	$(PY) benchmarks/bench_ops.py
 	$(PY) benchmarks/bench_uafr.py
+	$(PY) benchmarks/bench_train_step.py
+
+# The main job: a small UNet with PDCR and UAFR on real nuclei tiles, evaluated, with figures
+# (runs/demo/). About 3 minutes on a 2-core CPU once built.
+demo: build
+	$(PY) -m pdcr_seg.demo
+
+# What PDCR and UAFR do, measured: the built-in plan of training runs (about 40 minutes on a 2-core
+# CPU; resumes where it stopped), then benchmarks/results/experiments.md and its figures.
+experiment: build
+	$(PY) -m pdcr_seg experiment
 
 # Compile check of the CUDA sources (CI, where nvcc is present; no GPU needed): a separate venv
 # with the CUDA build of torch, FORCE_CUDA=1, then load the library and check that every op has a

@@ -47,5 +47,10 @@ log "benchmark"
 timeout 150 $PY benchmarks/bench_ops.py --device cuda --out "$OUT" > "$OUT/gpu_bench.log" 2>&1
 bench_rc=$?
 tail -22 "$OUT/gpu_bench.log"
-log "done: tests exit $tests_rc, benchmark exit $bench_rc"
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+
+log "training step (UNet width 64, B=8, 256x256, bf16 autocast)"
+timeout 120 $PY benchmarks/bench_train_step.py --device cuda --amp --out "$OUT" > "$OUT/gpu_train_step.log" 2>&1
+step_rc=$?
+tail -10 "$OUT/gpu_train_step.log"
+log "done: tests exit $tests_rc, benchmark exit $bench_rc, training step exit $step_rc"
+exit $(( tests_rc != 0 || bench_rc != 0 || step_rc != 0 ))

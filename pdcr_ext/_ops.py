@@ -33,7 +33,8 @@ def unavailable_reason(device: torch.device) -> str | None:
     """Why the native kernels cannot run on `device`, or None when they can."""
     if not NATIVE:
         return f"the native library pdcr_ext._C failed to import ({IMPORT_ERROR})"
-    if device.type == "cpu" or (device.type == "cuda" and HAS_CUDA_KERNELS):
+    # meta tensors (shape inference, FLOP counting) run the registered fake kernels
+    if device.type in ("cpu", "meta") or (device.type == "cuda" and HAS_CUDA_KERNELS):
         return None
     if device.type == "cuda":
         return "pdcr_ext._C was built without its CUDA kernels (rebuild with CUDA, FORCE_CUDA=1)"

@@ -1,0 +1,7 @@
+"""python -m pdcr_seg ... (and torchrun -m pdcr_seg ...): the pdcr-seg command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,215 @@
+"""The `pdcr-seg` command (also `python -m pdcr_seg`): train, eval, predict, experiment.
+
+    pdcr-seg train --data nuclei --model unet --width 16 --pdcr --uafr --epochs 10 --out runs/a
+    pdcr-seg eval --checkpoint runs/a/checkpoint_best.pt --out runs/a/eval
+    pdcr-seg predict --checkpoint runs/a/checkpoint_best.pt --input images/ --out runs/a/masks
+    pdcr-seg models                                            (parameters and FLOPs, Table IV)
+    torchrun --nproc_per_node=2 -m pdcr_seg train ...          (DistributedDataParallel)
+
+Bad input (a missing folder, images without masks, an unknown model, a bad setting) prints one
+line to stderr and exits with status 2; set PDCR_SEG_TRACEBACK=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import FIELDS, ConfigError, TrainConfig, from_dict, load_yaml
+
+
+def _pair(text: str) -> list[str]:
+    parts = text.split(":")
+    if len(parts) != 2 or not all(parts):
+        raise argparse.ArgumentTypeError(f"expected LAYER_A:LAYER_B, got {text!r}")
+    return parts
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: only the options given on the command line override the config file and defaults
+    S = argparse.SUPPRESS
+    d = TrainConfig()
+    p.add_argument("--config", default=S, metavar="FILE.yaml", help="settings; the command line overrides them")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=S, help=f"synthetic, nuclei or folder:PATH (default {d.data})")
+    g.add_argument("--image-size", type=int, default=S, help=f"side of the square tiles (default {d.image_size})")
+    g.add_argument("--num-classes", type=int, default=S, help="classes (default: the data's)")
+    g.add_argument("--fraction", type=float, default=S, help="train on this fraction of the training split")
+    g.add_argument("--no-augment", dest="augment", action="store_false", default=S,
+                   help="no augmentation (default: the paper's)")
+    g.add_argument("--ignore-index", type=int, default=S, help="label value of unlabelled pixels")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=S, help=f"unet, fcn, deeplabv3plus, deeplabv3plus_resnet, "
+                                               f"monai.BasicUNet, monai.UNet (default {d.model})")
+    g.add_argument("--width", type=int, default=S, help="base width (default: the model's, 64)")
+    g = p.add_argument_group("PDCR and UAFR")
+    g.add_argument("--pdcr", action="store_true", default=S, help="add PDCR (the paper's layers)")
+    g.add_argument("--pdcr-mode", choices=["hierarchical", "receptive_field"], default=S)
+    g.add_argument("--pdcr-weight", type=float, default=S, help=f"weight of eq. 12 (default {d.pdcr_weight})")
+    g.add_argument("--pdcr-layers", nargs="+", default=S, metavar="LAYER")
+    g.add_argument("--pdcr-cross", nargs="*", type=_pair, default=S, metavar="A:B",
+                   help="cross-layer pairs (default: encoder stages 2:3; none: give the flag alone)")
+    g.add_argument("--pdcr-decoder", action="store_true", default=S, help="H-PDCR on the decoder stages too")
+    g.add_argument("--pdcr-samples", nargs="+", type=int, default=S, metavar="N",
+                   help="N per layer (default 128 64 32 8 ...)")
+    g.add_argument("--pdcr-dense", action="store_true", default=S, help="every position of each PDCR layer")
+    g.add_argument("--pdcr-pair-reduction", choices=["sum", "mean"], default=S)
+    g.add_argument("--uafr", action="store_true", default=S, help="add UAFR (every encoder and decoder stage)")
+    g.add_argument("--uafr-layers", nargs="+", default=S, metavar="LAYER")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=S, help=f"(default {d.epochs})")
+    g.add_argument("--max-steps", type=int, default=S, help="stop after this many steps in all")
+    g.add_argument("--batch-size", type=int, default=S, help=f"(default {d.batch_size})")
+    g.add_argument("--lr", type=float, default=S, help=f"(default {d.lr})")
+    g.add_argument("--weight-decay", type=float, default=S, help=f"(default {d.weight_decay})")
+    g.add_argument("--dice-loss", action="store_true", default=S, help="MONAI DiceCELoss instead of cross-entropy")
+    g.add_argument("--seed", type=int, default=S, help=f"(default {d.seed})")
+    g = p.add_argument_group("machinery")
+    g.add_argument("--device", default=S, help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--amp", action="store_true", default=S, help="bfloat16 autocast")
+    g.add_argument("--sync-bn", action="store_true", default=S, help="SyncBatchNorm across processes (CUDA)")
+    g.add_argument("--workers", type=int, default=S, help="data loader processes (default 0)")
+    g.add_argument("--overlays", type=int, default=S, help=f"test tiles drawn (default {d.overlays})")
+    p.add_argument("--out", default=S, help=f"run directory (default {d.out})")
+    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint_last.pt")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < OUT/config.yaml (with --resume) < --config FILE < the command line."""
+    given = {k: v for k, v in vars(args).items() if k in FIELDS}
+    base = TrainConfig()
+    if getattr(args, "resume", False):
+        saved = Path(given.get("out", base.out)) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {saved} does not exist (no run to continue in {saved.parent})")
+        base = from_dict(load_yaml(saved))
+    if hasattr(args, "config"):
+        base = from_dict(load_yaml(args.config), base)
+    return from_dict(given, base).validate()
+
+
+def _device(name: str):
+    from .distributed import resolve_device
+
+    return resolve_device(name)
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    train(train_config(args), resume=args.resume)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import distributed
+    from .data import build_datasets
+    from .evaluate import evaluate, load_run
+    from .train import write_overlays
+
+    device = _device(args.device)
+    model, handle, cfg, state = load_run(args.checkpoint, device)
+    data = args.data or cfg.data
+    bundle = build_datasets(data, image_size=cfg.image_size, seed=cfg.seed, augment=False,
+                            num_classes=state["data"]["num_classes"])
+    if bundle.in_channels != state["data"]["in_channels"]:
+        raise ConfigError(f"{data} has {bundle.in_channels} image channels, the model takes "
+                          f"{state['data']['in_channels']}")
+    dataset = getattr(bundle, args.split)
+    ctx = distributed.Context(0, 1, 0, device)
+    result = evaluate(model, dataset, bundle.num_classes, ctx, batch_size=cfg.batch_size,
+                      ignore_index=cfg.ignore_index)
+    out = Path(args.out)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    result = {"checkpoint": str(args.checkpoint), "data": bundle.description, "split": args.split, **result}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_overlays(model, handle, dataset, bundle.num_classes, device, out / "overlays", args.overlays,
+                   f"{cfg.model} on {data} ({args.split})")
+    print(f"{args.split} ({result['images']} images): Dice {result['dice']:.4f} Jaccard {result['jaccard']:.4f} "
+          f"accuracy {result['accuracy']:.4f} HD95 {result['hd95']:.2f}")
+    print(f"wrote {out}/metrics.json and {out}/overlays/")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict
+
+    written = predict(args.checkpoint, args.input, args.out, _device(args.device))
+    print(f"wrote {len(written)} masks to {args.out}/")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models.complexity import paper_table
+
+    try:
+        table = paper_table(args.names or None, input_shape=(args.channels, *args.size), width=args.width)
+    except ValueError as error:  # an unknown model name
+        raise ConfigError(str(error)) from None
+    print(table)
+    print("GMACs: multiply-adds of one forward pass (Table IV's 'FLOPs'); PDCR adds nothing at inference.")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from .experiments import run_plan
+
+    run_plan(args.plan, scale=args.scale, out=args.out, max_steps=args.max_steps, results=args.results)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pdcr-seg", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a model (with --pdcr / --uafr)")
+    _add_train_options(t)
+    t.set_defaults(run=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a split")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data", default=None, help="default: the run's data")
+    e.add_argument("--split", choices=["test", "val", "train"], default="test")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--overlays", type=int, default=4)
+    e.add_argument("--out", required=True)
+    e.set_defaults(run=cmd_eval)
+    r = sub.add_parser("predict", help="masks (and UAFR uncertainty) for images")
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--input", required=True, help="an image file or a folder of images")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--out", required=True)
+    r.set_defaults(run=cmd_predict)
+    m = sub.add_parser("models", help="parameters and multiply-adds of the models, as Table IV")
+    m.add_argument("names", nargs="*", help="default: every built-in model")
+    m.add_argument("--size", nargs=2, type=int, default=(384, 512), metavar=("H", "W"))
+    m.add_argument("--channels", type=int, default=3)
+    m.add_argument("--width", type=int, default=None)
+    m.set_defaults(run=cmd_models)
+    x = sub.add_parser("experiment", help="run a plan of training runs and write tables and figures")
+    x.add_argument("--plan", default=None, help="a YAML plan (default: the built-in plan)")
+    x.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
+    x.add_argument("--out", default="runs/experiments", help="where the runs go")
+    x.add_argument("--results", default="benchmarks/results", help="where tables and figures go")
+    x.add_argument("--max-steps", type=int, default=None, help="cap every run (smoke tests)")
+    x.set_defaults(run=cmd_experiment)
+    return p
+
+
+def main(argv=None) -> int:
+    from .data import DataError
+    from .evaluate import RunError
+
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, DataError, RunError) as error:
+        if os.environ.get("PDCR_SEG_TRACEBACK"):
+            raise
+        print(f"pdcr-seg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Segmentation data: a synthetic set, a real nuclei image, and folders of images with masks.
+
+``build_datasets(spec, ...)`` returns a ``DataBundle`` of train / val / test datasets whose items
+are dicts (MONAI's channel-first convention)::
+
+    {"image": float32 tensor (C, H, W), "label": int64 tensor (1, H, W), "name": str}
+
+with H = W = ``image_size`` and label values in 0..num_classes-1. Specs:
+
+- ``"synthetic"``: lesion-like shapes with ambiguous boundaries (``synthetic.py``).
+- ``"nuclei"``: the 2018 Data Science Bowl image shipped with stardist, split by region
+  (``nuclei.py``).
+- ``"folder:PATH"``: ISIC 2016/2017 or ``images/`` + ``masks/`` folders (``folder.py``).
+
+The training split carries the paper's augmentation (``transforms.py``), seeded; load it with
+``monai.data.DataLoader``, whose workers re-seed, so that workers do not repeat one another.
+
+Every problem with the data raises ``DataError`` (a ``ValueError``) with a one-line message, so a
+command line can print it and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Dataset
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message is one line naming the problem (and the file)."""
+
+
+class DataUnavailable(DataError):
+    """A data set that is not installed on this machine; the message says how to install it."""
+
+
+@dataclass
+class RawSplits:
+    """What a data source builds: item dicts of numpy arrays, before typing and augmentation.
+
+    Items: ``{"image": (C, S, S) float32, "label": (1, S, S) int64, "name": str}``.
+    ``description`` names the source (e.g. "synthetic (seed 0)"); sizes are added later.
+    """
+
+    train: list[dict]
+    val: list[dict]
+    test: list[dict]
+    in_channels: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    description: str
+
+
+@dataclass
+class DataBundle:
+    """The three datasets of one spec and what a model needs to know about them."""
+
+    train: Dataset  # monai.data.Dataset, augmented when asked
+    val: Dataset
+    test: Dataset
+    in_channels: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    description: str
+
+
+def build_datasets(
+    spec: str,
+    *,
+    image_size: int = 128,
+    seed: int = 0,
+    fraction: float = 1.0,
+    augment: bool = True,
+    num_classes: int | None = None,
+    **options,
+) -> DataBundle:
+    """Builds the train / val / test datasets named by ``spec``.
+
+    ``image_size``: side of the square items. ``seed``: fixes the synthetic images, the folder
+    splits, the ``fraction`` subset and the augmentation. ``fraction`` in (0, 1]: the training
+    split is cut to a fixed, seeded subset of ``max(1, round(fraction * n))`` items (subsets of
+    one seed are nested: a smaller fraction keeps a prefix of the same permutation); val and
+    test are unchanged. ``augment``: the paper's augmentation on the training split (never on
+    val / test). ``num_classes``: None for the source's default. ``options`` go to the source,
+    e.g. ``channels=3`` or ``n_train=32`` for synthetic.
+    """
+    # Imported here, not at the top: the sources import this module (for DataError), and a
+    # command line can import DataError without paying for MONAI's import (seconds).
+    from monai.data import Dataset as MonaiDataset
+
+    from .transforms import eval_transforms, train_transforms
+
+    if not isinstance(image_size, (int, np.integer)) or image_size < 16:
+        raise DataError(f"image_size must be an integer >= 16, got {image_size!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise DataError(f"fraction must be in (0, 1], got {fraction!r}")
+    if num_classes is not None and num_classes < 2:
+        raise DataError(f"num_classes must be at least 2, got {num_classes!r}")
+    image_size, seed = int(image_size), int(seed)
+
+    raw = _load_source(spec, image_size=image_size, seed=seed, num_classes=num_classes, **options)
+
+    n_all = len(raw.train)
+    train_items = subset(raw.train, fraction, seed)
+    train_tf = train_transforms(seed, image_size) if augment else eval_transforms()
+    kept = f"{len(train_items)} train"
+    if len(train_items) < n_all:
+        kept += f" ({fraction:g} of {n_all})"
+    description = (
+        f"{raw.description}: {kept} / {len(raw.val)} val / {len(raw.test)} test, "
+        f"{raw.in_channels} channel{'s' if raw.in_channels > 1 else ''}, {raw.num_classes} classes "
+        f"({', '.join(raw.class_names)}), {image_size}x{image_size}"
+        + (", train augmented" if augment else "")
+    )
+    return DataBundle(
+        train=MonaiDataset(train_items, transform=train_tf),
+        val=MonaiDataset(raw.val, transform=eval_transforms()),
+        test=MonaiDataset(raw.test, transform=eval_transforms()),
+        in_channels=raw.in_channels,
+        num_classes=raw.num_classes,
+        class_names=tuple(raw.class_names),
+        description=description,
+    )
+
+
+def subset(items: list, fraction: float, seed: int) -> list:
+    """A fixed, seeded subset of ``items``: ``max(1, round(fraction * len))`` of them, in order."""
+    if fraction >= 1.0 or not items:
+        return list(items)
+    keep = max(1, round(fraction * len(items)))
+    # A separate stream from the augmentation's: the subset does not shift when augmentation does.
+    order = np.random.default_rng([seed, 0x5EB5E7]).permutation(len(items))
+    return [items[i] for i in sorted(order[:keep])]
+
+
+def _load_source(spec: str, *, image_size: int, seed: int, num_classes, **options) -> RawSplits:
+    """Dispatches ``spec`` to its source; unknown specs and options raise DataError."""
+    if not isinstance(spec, str):
+        raise DataError(f"data spec must be a string, got {spec!r}")
+    if spec == "synthetic":
+        from .synthetic import make_synthetic as make
+        args = {}
+    elif spec == "nuclei":
+        from .nuclei import make_nuclei as make
+        args = {}
+    elif spec.startswith("folder:"):
+        from .folder import make_folder as make
+        args = {"path": spec[len("folder:"):]}
+    else:
+        raise DataError(
+            f"unknown data spec {spec!r}; expected 'synthetic', 'nuclei' or 'folder:PATH'"
+        )
+    fixed = {"path", "image_size", "seed", "num_classes"}
+    known = sorted(set(inspect.signature(make).parameters) - fixed)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        source = spec.split(":")[0]
+        raise DataError(
+            f"unknown option(s) {', '.join(unknown)} for {source!r}; "
+            f"known: {', '.join(known) or 'none'}"
+        )
+    return make(**args, image_size=image_size, seed=seed, num_classes=num_classes, **options)
+
+
+__all__ = ["DataBundle", "DataError", "DataUnavailable", "RawSplits", "build_datasets", "subset"]

@@ -1,0 +1,73 @@
+"""PDCR and UAFR on a pdcr_seg model, from a TrainConfig: which layers, how many samples.
+
+The layer choice defaults to the paper's (the model's ``paper_layers``): PDCR on encoder stages
+2-4 with N = 128, 64, 32 and the cross-layer pair (2, 3); with ``pdcr_decoder`` also every decoder
+stage (N = 8 each: the paper's "128, 64, 32, 8, 8, 8, 8, 8"); UAFR on every encoder and decoder
+stage. ``pdcr_dense`` samples every position of each PDCR layer instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import pdcr_ext
+from pdcr_ext.loss import PAPER_SAMPLES
+
+from .config import ConfigError, TrainConfig
+
+DENSE = 1 << 30  # more than any layer's h * w: PDCRLoss takes min(N, h w), i.e. every position
+
+
+def pdcr_layers(model: nn.Module, cfg: TrainConfig) -> tuple[list[str], list[tuple[str, str]]]:
+    """The PDCR layers and cross-layer pairs of `model` under `cfg`."""
+    paper = getattr(model, "paper_layers", None)
+    if paper is None and cfg.pdcr_layers is None:
+        raise ConfigError(f"model {cfg.model} names no paper layers: give --pdcr-layers")
+    layers = list(cfg.pdcr_layers) if cfg.pdcr_layers is not None else list(paper.pdcr)
+    if cfg.pdcr_decoder and cfg.pdcr_layers is None:
+        layers += [name for name in paper.decoder if name not in layers]
+    if cfg.pdcr_cross is not None:
+        cross = [tuple(pair) for pair in cfg.pdcr_cross]
+    elif cfg.pdcr_mode == "hierarchical" and paper is not None:
+        cross = [pair for pair in paper.cross if all(name in layers for name in pair)]
+    else:
+        cross = []
+    return layers, cross
+
+
+def uafr_layers(model: nn.Module, cfg: TrainConfig) -> list[str]:
+    if cfg.uafr_layers is not None:
+        return list(cfg.uafr_layers)
+    paper = getattr(model, "paper_layers", None)
+    if paper is None:
+        raise ConfigError(f"model {cfg.model} names no paper layers: give --uafr-layers")
+    return list(paper.uafr_layers())
+
+
+def samples(layers: list[str], cfg: TrainConfig) -> tuple[int, ...]:
+    if cfg.pdcr_dense:
+        return (DENSE,) * len(layers)
+    if cfg.pdcr_samples is not None:
+        if len(cfg.pdcr_samples) not in (1, len(layers)):
+            raise ConfigError(f"--pdcr-samples gives {len(cfg.pdcr_samples)} values for {len(layers)} layers")
+        return tuple(cfg.pdcr_samples) * (len(layers) if len(cfg.pdcr_samples) == 1 else 1)
+    return tuple(PAPER_SAMPLES[min(i, len(PAPER_SAMPLES) - 1)] for i in range(len(layers)))
+
+
+def attach_methods(model: nn.Module, cfg: TrainConfig, num_classes: int,
+                   example_input: torch.Tensor) -> pdcr_ext.PDCRHandle | None:
+    """pdcr_ext.attach with the layers and settings of `cfg`; None when neither method is on."""
+    if not (cfg.pdcr or cfg.uafr):
+        return None
+    names, cross = pdcr_layers(model, cfg) if cfg.pdcr else ([], [])
+    options = {}
+    if cfg.pdcr:
+        options = dict(mode=cfg.pdcr_mode, samples=samples(names, cfg), weight=cfg.pdcr_weight,
+                       pair_reduction=cfg.pdcr_pair_reduction, ignore_index=cfg.ignore_index)
+    try:
+        return pdcr_ext.attach(model, pdcr_layers=names, cross_layers=cross,
+                               uafr_layers=uafr_layers(model, cfg) if cfg.uafr else [],
+                               num_classes=num_classes, example_input=example_input, **options)
+    except ValueError as error:  # an unknown layer name, a layer without a (B, C, h, w) output
+        raise ConfigError(str(error)) from None

@@ -1,0 +1,105 @@
+"""Parameters and multiply-adds of a model, as in Table IV.
+
+Table IV's "FLOPs" column (UNet 120.4 G, FCN 76.5 G, DeepLabV3+ 62.7 G at 512 x 384) counts
+multiply-adds (MACs), the convention of the usual profilers (thop, ptflops). PyTorch's
+FlopCounterMode counts FLOPs = 2 x MACs; model_complexity returns both. Only the convolutions and
+matrix products are counted (normalisation, activations, pooling and interpolation are left out,
+as in those profilers). With this count the paper's UNet has 120.0 G and DeepLabV3+ 62.0 G
+multiply-adds at 3 x 384 x 512 (Table IV: 120.4 G, 62.7 G).
+
+    python -m pdcr_seg.models.complexity     # the Table-IV-like table at 3 x 384 x 512
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def model_complexity(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """Parameters, FLOPs and MACs of one forward pass on zeros of `input_shape`.
+
+    Args:
+        model: the model; it runs in eval mode under no_grad, and its training mode is restored.
+            It may live on the meta device (build it under ``with torch.device("meta")``): the
+            count needs no data, and nothing is computed.
+        input_shape: (C, H, W) (one image) or (B, C, H, W).
+
+    Returns:
+        dict(parameters=int (every parameter, attached plug-ins included), flops=int,
+        macs=int = flops // 2).
+    """
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) == 3:
+        shape = (1,) + shape
+    if len(shape) != 4:
+        raise ValueError(f"input_shape must be (C, H, W) or (B, C, H, W), got {tuple(input_shape)}")
+    parameter = next(model.parameters(), None)
+    x = torch.zeros(shape, device=parameter.device if parameter is not None else "cpu",
+                    dtype=parameter.dtype if parameter is not None else torch.float32)
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    flops = int(counter.get_total_flops())
+    return {"parameters": sum(p.numel() for p in model.parameters()), "flops": flops, "macs": flops // 2}
+
+
+def format_table(rows: Iterable[Mapping], input_shape: Sequence[int] | None = None) -> str:
+    """A Table-IV-like text table: name, parameters (M), GMACs, and with UAFR when the rows have it.
+
+    Args:
+        rows: mappings with "name", "parameters" and "macs" (model_complexity plus a name), and
+            optionally "uafr_parameters" / "uafr_macs" (the same model with UAFR attached).
+        input_shape: the input the MACs are for, shown in the header.
+    """
+    size = "" if input_shape is None else " @ " + "x".join(str(int(v)) for v in input_shape)
+    head = ["Model", "Parameters (M)", f"GMACs{size}"]
+    with_uafr = all("uafr_parameters" in r for r in rows)
+    if with_uafr:
+        head += ["+UAFR parameters (M)", "+UAFR GMACs"]
+    body = []
+    for r in rows:
+        line = [str(r["name"]), f"{r['parameters'] / 1e6:.2f}", f"{r['macs'] / 1e9:.1f}"]
+        if with_uafr:
+            line += [f"{r['uafr_parameters'] / 1e6:.2f}", f"{r['uafr_macs'] / 1e9:.1f}"]
+        body.append(line)
+    widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
+    fmt = lambda line: "  ".join(  # noqa: E731
+        cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+    rule = "-" * len(fmt(head))
+    return "\n".join([fmt(head), rule] + [fmt(line) for line in body])
+
+
+def paper_table(names: Sequence[str] | None = None, input_shape=(3, 384, 512), num_classes: int = 2,
+                width: int | None = None, uafr: bool = True) -> str:
+    """format_table of the given models (default: every name of MODELS), built on the meta device,
+    with and without UAFR on their paper layers (PDCR adds no inference cost)."""
+    import pdcr_ext
+
+    from . import MODELS, build_model
+
+    rows = []
+    for name in names or list(MODELS):
+        with torch.device("meta"):
+            model = build_model(name, in_channels=input_shape[0], num_classes=num_classes, width=width)
+        row = {"name": name, **model_complexity(model, input_shape)}
+        if uafr:
+            with torch.device("meta"):
+                pdcr_ext.attach(model, uafr_layers=list(model.paper_layers.uafr_layers()), num_classes=num_classes,
+                                example_input=torch.zeros(2, input_shape[0], 64, 64))
+            with_uafr = model_complexity(model, input_shape)
+            row.update(uafr_parameters=with_uafr["parameters"], uafr_macs=with_uafr["macs"])
+        rows.append(row)
+    return format_table(rows, input_shape)
+
+
+if __name__ == "__main__":
+    print(paper_table())

@@ -1,0 +1,316 @@
+"""pdcr_seg.data: the synthetic set, the nuclei image, folders of images and masks, augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pdcr_seg.data import DataError, DataUnavailable, build_datasets
+from pdcr_seg.data import nuclei
+from pdcr_seg.data.synthetic import make_synthetic
+from pdcr_seg.data.transforms import eval_transforms, train_transforms
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """MONAI's affine grid is a tiny matmul that crawls when threads contend on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def items(dataset):
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def check_item(item, channels, size, num_classes):
+    assert set(item) >= {"image", "label", "name"} and isinstance(item["name"], str)
+    assert item["image"].dtype == torch.float32 and item["image"].shape == (channels, size, size)
+    assert item["label"].dtype == torch.int64 and item["label"].shape == (1, size, size)
+    assert type(item["image"]) is torch.Tensor  # plain tensors, no MetaTensor
+    assert 0 <= int(item["label"].min()) and int(item["label"].max()) < num_classes
+
+
+# ---- folders ------------------------------------------------------------------------------------
+
+def save(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def lesion_pair(rng, h=30, w=40, high=255):
+    """An RGB image and a 0/high mask of a rectangle, (h, w)."""
+    mask = np.zeros((h, w), np.uint8)
+    mask[5:20, 8:30] = high
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return image, mask
+
+
+def write_isic(folder, names, rng, image_dir=None, mask_dir=None):
+    for name in names:
+        image, mask = lesion_pair(rng)
+        save((image_dir or folder) / f"{name}.jpg", image)
+        save((mask_dir or folder) / f"{name}_Segmentation.png", mask)
+
+
+def test_isic_layout_in_one_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    write_isic(tmp_path, [f"ISIC_{i:07d}" for i in range(10)], rng)
+    # ISIC 2017 ships superpixel maps beside the images: not images of the set
+    save(tmp_path / "ISIC_0000000_superpixels.png", np.zeros((30, 40, 3), np.uint8))
+    b = build_datasets(f"folder:{tmp_path}", image_size=32, augment=False)
+    assert (len(b.train), len(b.val), len(b.test)) == (7, 1, 2)  # seeded 70 / 10 / 20
+    assert (b.in_channels, b.num_classes, b.class_names) == (3, 2, ("background", "lesion"))
+    for item in items(b.train) + items(b.test):
+        check_item(item, 3, 32, 2)
+        assert item["name"].startswith("ISIC_") and set(item["label"].unique().tolist()) == {0, 1}
+    assert "\n" not in b.description and "7 train / 1 val / 2 test" in b.description
+    names = sorted(i["name"] for d in (b.train, b.val, b.test) for i in items(d))
+    assert names == [f"ISIC_{i:07d}" for i in range(10)]  # every pair once
+
+
+def test_isic_sibling_folders_keep_the_official_split(tmp_path):
+    rng = np.random.default_rng(1)
+    train = [f"ISIC_{i:07d}" for i in range(8)]
+    test = [f"ISIC_{i:07d}" for i in range(100, 103)]
+    write_isic(tmp_path, train, rng, tmp_path / "ISBI2016_ISIC_Part1_Training_Data",
+               tmp_path / "ISBI2016_ISIC_Part1_Training_GroundTruth")
+    write_isic(tmp_path, test, rng, tmp_path / "ISBI2016_ISIC_Part1_Test_Data",
+               tmp_path / "ISBI2016_ISIC_Part1_Test_GroundTruth")
+    b = build_datasets(f"folder:{tmp_path}", image_size=24, augment=False)
+    assert sorted(i["name"] for i in items(b.test)) == test
+    assert (len(b.train), len(b.val)) == (7, 1)  # val: a seeded eighth of train
+    assert sorted(i["name"] for i in items(b.train) + items(b.val)) == train
+
+
+def test_images_masks_layout_with_train_test_and_class_indices(tmp_path):
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 6), ("test", 2)):
+        for i in range(n):
+            mask = np.zeros((20, 20), np.uint8)
+            mask[2:10, 2:10], mask[12:18, 12:18] = 1, 2  # class indices 0, 1, 2
+            image = rng.integers(0, 256, (20, 20), dtype=np.uint8)
+            save(tmp_path / split / "images" / f"case{i}.png", image)
+            save(tmp_path / split / "masks" / f"case{i}.png", mask)
+    # a 16-bit tif image is read and normalised too
+    import tifffile
+    image16 = rng.integers(0, 4000, (20, 20), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "train" / "images" / "case9.tif", image16)
+    save(tmp_path / "train" / "masks" / "case9.png", np.zeros((20, 20), np.uint8))
+
+    b = build_datasets(f"folder:{tmp_path}", image_size=16, augment=False)
+    assert (b.in_channels, b.num_classes) == (1, 3) and len(b.class_names) == 3
+    assert (len(b.train), len(b.val), len(b.test)) == (6, 1, 2)
+    for item in items(b.train) + items(b.val) + items(b.test):
+        check_item(item, 1, 16, 3)
+        assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
+    assert {2} <= set(items(b.test)[0]["label"].unique().tolist())  # nearest resizing keeps classes
+    assert build_datasets(f"folder:{tmp_path}", image_size=16, num_classes=5).num_classes == 5
+
+
+def test_binary_255_masks_become_0_1(tmp_path):
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        image, mask = lesion_pair(rng, 16, 16)
+        save(tmp_path / "images" / f"a{i}.jpg", image)
+        save(tmp_path / "masks" / f"a{i}.png", mask)
+    b = build_datasets(f"folder:{tmp_path}", image_size=16, augment=False)
+    assert b.num_classes == 2 and b.class_names == ("background", "foreground")
+    assert set(items(b.train)[0]["label"].unique().tolist()) == {0, 1}
+
+
+def bad_folder(tmp_path, problem):
+    """Writes a folder with one ``problem``; returns (spec kwargs, words the message must hold)."""
+    rng = np.random.default_rng(4)
+    if problem == "missing folder":
+        return {"spec": f"folder:{tmp_path / 'nowhere'}"}, ["no such folder", "nowhere"]
+    write_isic(tmp_path, [f"ISIC_{i:07d}" for i in range(4)], rng)
+    if problem == "no images":
+        for p in tmp_path.iterdir():
+            p.unlink()
+        (tmp_path / "notes.txt").write_text("nothing here")
+        return {"spec": f"folder:{tmp_path}"}, ["no images"]
+    if problem == "image without mask":
+        (tmp_path / "ISIC_0000002_Segmentation.png").unlink()
+        return {"spec": f"folder:{tmp_path}"}, ["no mask", "ISIC_0000002.jpg"]
+    if problem == "mask of another size":
+        save(tmp_path / "ISIC_0000001_Segmentation.png", np.zeros((31, 40), np.uint8))
+        return {"spec": f"folder:{tmp_path}"}, ["ISIC_0000001_Segmentation.png", "40x31", "40x30"]
+    if problem == "label value too large":  # class-index masks (0/1), one holding a 3
+        for i in range(4):
+            image, mask = lesion_pair(rng, high=3 if i == 2 else 1)
+            save(tmp_path / f"ISIC_{i:07d}_Segmentation.png", mask)
+        words = ["ISIC_0000002_Segmentation.png", "value 3"]
+        return {"spec": f"folder:{tmp_path}", "num_classes": 2}, words
+    if problem == "unreadable file":
+        (tmp_path / "ISIC_0000001.jpg").write_bytes(b"not a jpeg at all")
+        return {"spec": f"folder:{tmp_path}"}, ["cannot read", "ISIC_0000001.jpg"]
+    raise AssertionError(problem)
+
+
+@pytest.mark.parametrize("problem", [
+    "missing folder", "no images", "image without mask", "mask of another size",
+    "label value too large", "unreadable file",
+])
+def test_bad_folders_raise_one_clear_data_error(tmp_path, problem):
+    kwargs, words = bad_folder(tmp_path, problem)
+    with pytest.raises(DataError) as err:
+        build_datasets(**kwargs, image_size=16)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, (problem, message)
+
+
+def test_bad_specs_and_options():
+    with pytest.raises(DataError, match="unknown data spec"):
+        build_datasets("imagenet")
+    with pytest.raises(DataError, match="unknown option"):
+        build_datasets("synthetic", n_train=2, colour=True)
+    with pytest.raises(DataError, match="fraction"):
+        build_datasets("synthetic", fraction=0.0)
+    assert issubclass(DataError, ValueError) and issubclass(DataUnavailable, DataError)
+
+
+# ---- nuclei -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def nuclei_bundle():
+    try:
+        nuclei.data_dir()
+    except DataUnavailable as err:
+        pytest.skip(str(err))
+    return build_datasets("nuclei", augment=False)
+
+
+def test_nuclei_items_are_binary_tiles(nuclei_bundle):
+    b = nuclei_bundle
+    assert (b.in_channels, b.num_classes, b.class_names) == (1, 2, ("background", "nucleus"))
+    assert (len(b.train), len(b.val), len(b.test)) == (81, 3, 4)
+    for d in (b.val, b.test):
+        for item in items(d):
+            check_item(item, 1, 128, 2)
+            assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
+    labels = torch.stack([i["label"] for i in items(b.test)])
+    assert set(labels.unique().tolist()) == {0, 1}
+
+
+def test_nuclei_regions_are_disjoint_and_tiles_stay_inside(nuclei_bundle):
+    owner = np.zeros(nuclei.IMAGE_SHAPE, np.int64)
+    for region in nuclei.REGIONS.values():
+        region.crop(owner)[...] += 1
+    assert owner.max() == 1  # no pixel in two regions (and, here, every pixel in one)
+    for size in (128, 96, 256):
+        for split, boxes in nuclei.tile_boxes(size).items():
+            region = nuclei.REGIONS[split]
+            assert boxes and all(region.contains(box) for box in boxes), (size, split)
+    # the items are those tiles of the normalised image, in order
+    image, mask = nuclei.load_nuclei()
+    for split in ("val", "test"):
+        dataset = getattr(nuclei_bundle, split)
+        for box, item in zip(nuclei.tile_boxes(128)[split], items(dataset)):
+            assert np.array_equal(item["image"][0].numpy(), box.crop(image))
+            assert np.array_equal(item["label"][0].numpy(), box.crop(mask))
+    covered = np.zeros(nuclei.IMAGE_SHAPE, bool)
+    for box in nuclei.tile_boxes(128)["test"]:
+        box.crop(covered)[...] = True
+    assert nuclei.REGIONS["test"].crop(covered).all()  # the test grid covers its region
+
+
+def test_nuclei_larger_size_resizes_band_tiles():
+    try:
+        b = build_datasets("nuclei", image_size=192, augment=False)
+    except DataUnavailable as err:
+        pytest.skip(str(err))
+    check_item(b.test[0], 1, 192, 2)
+    assert len(b.test) == 4 and "resized" in b.description
+
+
+def test_nuclei_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(nuclei.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataUnavailable, match="pip install --no-deps stardist"):
+        build_datasets("nuclei")
+
+
+# ---- synthetic ----------------------------------------------------------------------------------
+
+def test_synthetic_is_deterministic_per_seed():
+    a = make_synthetic(seed=5, n_train=4, n_val=1, n_test=1)
+    b = make_synthetic(seed=5, n_train=4, n_val=1, n_test=1)
+    c = make_synthetic(seed=6, n_train=4, n_val=1, n_test=1)
+    for x, y, z in zip(a.train, b.train, c.train):
+        assert np.array_equal(x["image"], y["image"]) and np.array_equal(x["label"], y["label"])
+        assert not np.array_equal(x["image"], z["image"])
+    # an image does not depend on how many are made
+    more = make_synthetic(seed=5, n_train=9, n_val=1, n_test=1)
+    assert np.array_equal(more.train[3]["image"], a.train[3]["image"])
+
+
+def test_synthetic_defaults_have_both_classes_and_are_ambiguous():
+    b = build_datasets("synthetic", augment=False)
+    assert (len(b.train), len(b.val), len(b.test)) == (96, 16, 32)
+    assert (b.in_channels, b.num_classes) == (1, 2)
+    train = items(b.train)
+    check_item(train[0], 1, 128, 2)
+    both = [set(i["label"].unique().tolist()) == {0, 1} for i in train]
+    assert np.mean(both) > 0.9
+    images = torch.stack([i["image"] for i in train])
+    labels = torch.stack([i["label"] for i in train])
+    fg, bg = images[labels == 1], images[labels == 0]
+    # the lesion is darker, but by less than the spread of either class: no clean contrast
+    assert 0 < bg.mean() - fg.mean() < min(fg.std(), bg.std())
+
+
+def test_synthetic_more_classes_and_colour():
+    b = build_datasets(
+        "synthetic", num_classes=3, channels=3, n_train=6, n_val=1, n_test=1, image_size=64
+    )
+    assert (b.in_channels, b.num_classes, len(b.class_names)) == (3, 3, 3)
+    for item in items(b.val) + items(b.test):
+        check_item(item, 3, 64, 3)
+        assert set(item["label"].unique().tolist()) == {0, 1, 2}  # lesion with a core
+
+
+# ---- fraction and augmentation ------------------------------------------------------------------
+
+def test_fraction_is_a_fixed_seeded_subset():
+    def names(**kw):
+        b = build_datasets(
+            "synthetic", n_train=20, n_val=2, n_test=3, image_size=32, augment=False, **kw
+        )
+        return [i["name"] for i in items(b.train)], len(b.val), len(b.test)
+
+    quarter, n_val, n_test = names(fraction=0.25, seed=3)
+    assert len(quarter) == 5 and (n_val, n_test) == (2, 3)
+    assert names(fraction=0.25, seed=3)[0] == quarter
+    assert set(quarter) <= set(names(fraction=0.5, seed=3)[0])  # nested
+    assert len(names(fraction=0.001, seed=3)[0]) == 1
+
+
+def test_augmentation_keeps_classes_moves_image_and_label_together_and_is_seeded():
+    spec = dict(num_classes=3, n_train=6, n_val=1, n_test=1, image_size=64)
+    a = build_datasets("synthetic", seed=7, **spec)
+    b = build_datasets("synthetic", seed=7, **spec)
+    plain = build_datasets("synthetic", seed=7, augment=False, **spec)
+    first, second = items(a.train), items(b.train)
+    for x, y, p in zip(first, second, items(plain.train)):
+        check_item(x, 1, 64, 3)
+        assert set(x["label"].unique().tolist()) <= {0, 1, 2}
+        # same seed, same augmentation
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+        assert not torch.equal(x["image"], p["image"])  # it did augment
+    assert not torch.equal(first[0]["image"], items(a.train)[0]["image"])  # new draws each epoch
+
+    # an image equal to its label: after the transform they still agree off the boundaries
+    label = torch.zeros(1, 64, 64, dtype=torch.int64)
+    label[:, 10:40, 20:50], label[:, 20:30, 30:40] = 1, 2
+    transform = train_transforms(seed=1, image_size=64)
+    for _ in range(5):
+        out = transform({"image": label.float(), "label": label.clone(), "name": "x"})
+        assert set(out["label"].unique().tolist()) <= {0, 1, 2}
+        agree = (out["image"].round().long() == out["label"]).float().mean()
+        assert agree > 0.95
+    assert torch.equal(eval_transforms()({"image": label.float(), "label": label})["label"], label)
