@@ -124,23 +124,37 @@ inline void check_rf_inputs(const at::Tensor& positions, at::IntArrayRef size,
   }
 }
 
-// features (B, C, H, W) and logits (B, M, H, W), M >= 2, same dtype and device.
+// features (B, C, *S) and logits (B, M, *S), M >= 2, same dtype and device; S any number of
+// spatial dimensions (H, W) or (D, H, W): every pixel is independent.
 inline void check_uafr_inputs(const at::Tensor& features, const at::Tensor& logits) {
   constexpr const char* op = "uafr_reweight";
-  TORCH_CHECK(features.dim() == 4, op, ": features must have shape (B, C, H, W), got ",
+  TORCH_CHECK(features.dim() >= 3, op, ": features must have shape (B, C, *spatial), got ",
               features.sizes());
-  TORCH_CHECK(logits.dim() == 4, op, ": logits must have shape (B, M, H, W), got ", logits.sizes());
+  TORCH_CHECK(logits.dim() == features.dim(), op, ": logits must have shape (B, M, *spatial) like "
+              "features ", features.sizes(), ", got ", logits.sizes());
   TORCH_CHECK(is_supported_float(features), op,
               ": features must be float16, bfloat16, float32 or float64, got ", features.scalar_type());
   TORCH_CHECK(logits.scalar_type() == features.scalar_type(), op, ": logits dtype ",
               logits.scalar_type(), " differs from features dtype ", features.scalar_type());
-  TORCH_CHECK(logits.size(0) == features.size(0) && logits.size(2) == features.size(2) &&
-                  logits.size(3) == features.size(3),
-              op, ": logits must have shape (B=", features.size(0), ", M, H=", features.size(2),
-              ", W=", features.size(3), "), got ", logits.sizes());
+  TORCH_CHECK(logits.size(0) == features.size(0) && logits.sizes().slice(2) == features.sizes().slice(2),
+              op, ": logits must have shape (B=", features.size(0), ", M, ", features.sizes().slice(2),
+              "), got ", logits.sizes());
   TORCH_CHECK(logits.size(1) >= 2, op, ": logits need at least 2 maps (M >= 2) for a normalised "
               "entropy, got M=", logits.size(1));
   check_same_device(op, "features", features, "logits", logits);
+}
+
+// Pixels per image of a (B, C, *S) tensor, and the shape (B, *S) of its uncertainty map.
+inline int64_t uafr_pixels(const at::Tensor& features) {
+  int64_t pixels = 1;
+  for (int64_t d = 2; d < features.dim(); ++d) pixels *= features.size(d);
+  return pixels;
+}
+
+inline std::vector<int64_t> uafr_map_shape(const at::Tensor& features) {
+  std::vector<int64_t> shape{features.size(0)};
+  for (int64_t d = 2; d < features.dim(); ++d) shape.push_back(features.size(d));
+  return shape;
 }
 
 // The uncertainty map's dtype: float32 for half-precision features, else theirs.

@@ -35,7 +35,8 @@ TORCH_LIBRARY(pdcr, m) {
       "dragsaw_loss_backward(Tensor grad, Tensor rows, Tensor phi_rows, Tensor cols, "
       "Tensor phi_cols, Tensor lse, float tau) -> (Tensor, Tensor)");
   // UAFR (eqs. 13-15), fused: softmax over the M maps, normalised entropy U, Q * (2 - U).
-  // features (B, C, H, W), logits (B, M, H, W) -> (re-weighted features, U (B, H, W)).
+  // features (B, C, *S), logits (B, M, *S), S = (H, W) or (D, H, W) or any other spatial shape
+  // -> (re-weighted features, U (B, *S)).
   m.def("uafr_reweight(Tensor features, Tensor logits) -> (Tensor, Tensor)");
   m.def("uafr_reweight_backward(Tensor grad, Tensor features, Tensor logits) -> (Tensor, Tensor)");
 }

@@ -117,10 +117,9 @@ if NATIVE:
 
     @torch.library.register_fake("pdcr::uafr_reweight")
     def _uafr_reweight_fake(features, logits):
-        B, _, H, W = features.shape
         return (
             features.new_empty(features.shape),
-            features.new_empty((B, H, W), dtype=_loss_dtype(features.dtype)),
+            features.new_empty((features.shape[0], *features.shape[2:]), dtype=_loss_dtype(features.dtype)),
         )
 
     @torch.library.register_fake("pdcr::uafr_reweight_backward")

@@ -1,7 +1,8 @@
-"""PDCRLoss: patch-dragsaw contrastive regularization of hidden features (eq. 12)."""
+"""PDCRLoss: patch-dragsaw contrastive regularization of hidden features (eq. 12), 2-D and 3-D."""
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, NamedTuple, Sequence
 
 import torch
@@ -19,12 +20,13 @@ POSITION_ENCODINGS = ("normalized", "pixels")
 
 
 class LayerGeometry(NamedTuple):
-    """What one layer's sampled positions are on the image (fixed unless jitter is on)."""
+    """What one layer's sampled positions are on the image (fixed unless jitter is on). D = 2
+    spatial axes (row, col) for images, 3 (depth, row, col) for volumes."""
 
-    positions: torch.Tensor  # (N, 2) feature positions (row, col), on the features' device
-    boxes: torch.Tensor  # (P, N, 4) their patches, (y0, x0, y1, x1), on the labels' device
-    code: torch.Tensor | None  # (N, 4) the encoded box as (x_min, x_max, y_min, y_max), int64
-    image_size: tuple  # (H, W), the scale of "normalized" position codes
+    positions: torch.Tensor  # (N, D) feature positions, on the features' device
+    boxes: torch.Tensor  # (P, N, 2D) their patches, (lo per axis, hi per axis), on the labels' device
+    code: torch.Tensor | None  # (N, 2D) the encoded box as (x_min, x_max, y_min, y_max[, z_min, z_max])
+    image_size: tuple  # (H, W) or (D, H, W), the scale of "normalized" position codes
 
 
 class PDCRLoss(nn.Module):
@@ -88,11 +90,12 @@ class PDCRLoss(nn.Module):
         backend: "auto", "native" or "reference".
 
     forward(features, labels): features is a sequence of (B, C_l, h_l, w_l) tensors (layer l at
-    index l), labels (B, H, W) or (B, 1, H, W) integers. Returns the weighted total; the
-    per-term values of the last call (before `weight`, averaged over images, detached) are in
-    `.terms`, keyed by layer name and "a~b" for cross-layer pairs. An image's loss does not
-    depend on the rest of its batch. One call computes the ratios of every layer and patch size
-    from one integral image of the labels.
+    index l), labels (B, H, W) or (B, 1, H, W) integers; for volumes (B, C_l, d_l, h_l, w_l) and
+    (B, D, H, W) or (B, 1, D, H, W) (patches become cubes, position codes gain (z_min, z_max)).
+    Returns the weighted total; the per-term values of the last call (before `weight`, averaged
+    over images, detached) are in `.terms`, keyed by layer name and "a~b" for cross-layer pairs.
+    An image's loss does not depend on the rest of its batch. One call computes the ratios of
+    every layer and patch size from one integral image (volume) of the labels.
     """
 
     def __init__(self, num_classes: int = 2, *, mode: str = "hierarchical",
@@ -181,14 +184,13 @@ class PDCRLoss(nn.Module):
 
     def _geometry(self, layer: int, feature: torch.Tensor, labels: torch.Tensor) -> LayerGeometry:
         """Positions, patch boxes and position code of one layer; cached unless jittered."""
-        h, w = feature.shape[-2:]
-        H, W = labels.shape[-2:]
-        key = (layer, h, w, H, W, feature.device, labels.device)
+        size, image = tuple(feature.shape[2:]), tuple(labels.shape[1:])  # (h, w[, ...]), (H, W[, ...])
+        key = (layer, size, image, feature.device, labels.device)
         cacheable = not self.jitter and not torch.compiler.is_compiling()
         if cacheable and key in self._geometry_cache:
             return self._geometry_cache[key]
-        n = min(self.num_samples(layer), h * w)
-        positions = grid_positions(h, w, n, jitter=self.jitter, generator=self.generator,
+        n = min(self.num_samples(layer), math.prod(size))
+        positions = grid_positions(size, n, jitter=self.jitter, generator=self.generator,
                                    device=feature.device)
         if self.mode == "receptive_field":
             if layer >= len(self.receptive_fields):
@@ -197,34 +199,38 @@ class PDCRLoss(nn.Module):
             boxes = rf_boxes(self.receptive_fields[layer], positions)[None]  # P = 1
             encoded = boxes[0]
         else:
-            # the image pixel at the centre of the feature cell (i + 1/2) * H / h, for any layer
-            centres = torch.stack([((2 * positions[:, 0] + 1) * H) // (2 * h),
-                                   ((2 * positions[:, 1] + 1) * W) // (2 * w)], dim=1)
-            boxes = torch.stack([patch_boxes(centres, size) for size in self.patch_sizes])
+            # the image pixel at the centre of the feature cell, (i + 1/2) * H / h on every axis,
+            # for any layer
+            centres = torch.stack([((2 * positions[:, a] + 1) * image[a]) // (2 * size[a])
+                                   for a in range(len(size))], dim=1)
+            boxes = torch.stack([patch_boxes(centres, side) for side in self.patch_sizes])
             encoded = boxes[len(self.patch_sizes) // 2]
-        code = encoded[:, [1, 3, 0, 2]] if self.position_encoding else None  # the paper's order
-        geometry = LayerGeometry(positions, boxes.to(labels.device), code, (H, W))
+        dims = len(size)
+        # the paper's order (x_min, x_max, y_min, y_max), then (z_min, z_max) for volumes
+        order = [i for a in reversed(range(dims)) for i in (a, a + dims)]
+        code = encoded[:, order] if self.position_encoding else None
+        geometry = LayerGeometry(positions, boxes.to(labels.device), code, image)
         if cacheable:
             self._geometry_cache[key] = geometry
         return geometry
 
     def _vectors(self, feature, geometry: LayerGeometry, projection=None):
-        """(B, N, C [+ 4]) feature vectors at the positions, projected and position-encoded."""
-        positions = geometry.positions
-        vectors = feature[:, :, positions[:, 0], positions[:, 1]].transpose(1, 2)
+        """(B, N, C [+ 2D]) feature vectors at the positions, projected and position-encoded."""
+        index = (slice(None), slice(None)) + tuple(geometry.positions.unbind(1))
+        vectors = feature[index].transpose(1, 2)
         if projection is not None:  # a 1x1 convolution on the sampled vectors
             vectors = F.linear(vectors, projection.weight.flatten(1), projection.bias)
         if geometry.code is not None:
             code = geometry.code.to(vectors.dtype)
             if self.position_encoding == "normalized":  # scalar divisions: no host-to-device copy
-                H, W = geometry.image_size
-                code = torch.cat([code[:, :2] / W, code[:, 2:] / H], dim=1)
+                sides = geometry.image_size[::-1]  # W, H[, D]: the code's axis order
+                code = torch.cat([code[:, 2 * i:2 * i + 2] / side for i, side in enumerate(sides)], dim=1)
             vectors = torch.cat([vectors, code.expand(vectors.shape[0], -1, -1)], dim=-1)
         return vectors
 
     def _ratios(self, labels: torch.Tensor, geometries: Sequence[LayerGeometry]) -> list[torch.Tensor]:
         """Every layer's (B, P, N, M) ratios from ONE native call: one integral image."""
-        boxes = torch.cat([g.boxes.reshape(-1, 4) for g in geometries])
+        boxes = torch.cat([g.boxes.reshape(-1, g.boxes.shape[-1]) for g in geometries])
         native = _ops.use_native(self.backend, labels.device)
         ratios = ratios_unchecked(labels, boxes.expand(labels.shape[0], -1, -1), self.num_classes,
                                   self.area, self.ignore_index, native)
@@ -252,11 +258,16 @@ class PDCRLoss(nn.Module):
             features = [features]
         features = list(features)
         if not features:
-            raise ValueError("features must hold at least one (B, C, h, w) tensor")
-        labels = _checks.labels(labels, spatial_dims=2)
+            raise ValueError("features must hold at least one (B, C, h, w) or (B, C, d, h, w) tensor")
+        dims = features[0].dim() - 2 if isinstance(features[0], torch.Tensor) else 2
+        if dims not in (2, 3):
+            dims = 2  # the shape error below names the expected shapes
+        shape_doc = "(B, C, h, w)" if dims == 2 else "(B, C, d, h, w)"
+        for i, f in enumerate(features):
+            _checks.tensor(f"features[{i}]", f, ndim=dims + 2, shape_doc=shape_doc, floating=True)
+        labels = _checks.labels(labels, spatial_dims=dims)
         B = labels.shape[0]
         for i, f in enumerate(features):
-            _checks.tensor(f"features[{i}]", f, ndim=4, shape_doc="(B, C, h, w)", floating=True)
             if f.shape[0] != B:
                 raise ValueError(f"features[{i}] has batch {f.shape[0]} but labels has {B}")
         if self.layer_names is not None and len(self.layer_names) != len(features):

@@ -7,7 +7,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .geometry import _close_names, receptive_field_of
+from .geometry import _close_names, model_input, receptive_field_of
 from .loss import PDCRLoss
 from .uafr import UAFR
 
@@ -87,22 +87,30 @@ def _output_shapes(model: nn.Module, names, example_input):
     result = {}
     for name in names:
         out = shapes.get(name)
-        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        if not isinstance(out, torch.Tensor) or out.dim() != example_input.dim():
             got = "no output" if out is None else (tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__)
-            raise ValueError(f"layer {name!r} must output a (B, C, h, w) tensor, got {got}")
+            raise ValueError(f"layer {name!r} must output a {_shape_doc(example_input.dim())} tensor, got {got}")
         result[name] = tuple(out.shape)
     return result
 
 
+def _shape_doc(ndim: int) -> str:
+    return "(B, C, h, w)" if ndim == 4 else "(B, C, d, h, w)"
+
+
 def _example_input(model: nn.Module, example_input):
-    """The given input, or zeros of (2, C_in, 256, 256) with C_in from the first nn.Conv2d."""
+    """The given input, or zeros of (2, C_in, 256, 256) (3-D models: (2, C_in, 64, 64, 64)) with
+    C_in from the first convolution."""
     if example_input is not None:
+        if not isinstance(example_input, torch.Tensor) or example_input.dim() not in (4, 5):
+            raise ValueError("example_input must be a (B, C, H, W) or (B, C, D, H, W) tensor")
         return example_input
-    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first_conv is None:
-        raise ValueError("example_input is required: the model has no nn.Conv2d to infer it from")
+    try:
+        shape = model_input(model)
+    except ValueError:
+        raise ValueError("example_input is required: the model has no convolution to infer it from") from None
     parameter = next(model.parameters())
-    return torch.zeros(2, first_conv.in_channels, 256, 256, device=parameter.device, dtype=parameter.dtype)
+    return torch.zeros(shape, device=parameter.device, dtype=parameter.dtype)
 
 
 class LayerInfo(NamedTuple):
@@ -112,7 +120,8 @@ class LayerInfo(NamedTuple):
 
 
 def list_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[LayerInfo]:
-    """Every named module whose output is a feature map (B, C, h, w), in the order they run:
+    """Every named module whose output is a feature map (B, C, h, w) (3-D models: (B, C, d, h, w)),
+    in the order they run:
     the names pdcr_layers / uafr_layers / cross_layers of attach() take.
 
     `print(*pdcr_ext.list_layers(model, torch.zeros(1, 3, 256, 256)), sep="\n")` shows them with
@@ -124,7 +133,7 @@ def list_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> 
 
     def record(name):
         def hook(module, inputs, output):
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and name not in found:
+            if isinstance(output, torch.Tensor) and output.dim() == example_input.dim() and name not in found:
                 found[name] = LayerInfo(name, type(module).__name__, tuple(output.shape))
         return hook
 
@@ -147,15 +156,17 @@ def attach(model: nn.Module, pdcr_layers: Sequence[str] = (), cross_layers=(),
     """Plug PDCR and UAFR into `model` by module name.
 
     Args:
-        model: any nn.Module whose named modules output (B, C, h, w) tensors.
+        model: any nn.Module whose named modules output (B, C, h, w) tensors (2-D), or
+            (B, C, d, h, w) tensors (3-D: MONAI's DynUNet, BasicUNet(spatial_dims=3), ...).
         pdcr_layers: names (as in model.named_modules()) whose outputs PDCR regularises.
         cross_layers: pairs of names (or of indices into pdcr_layers) for cross-layer terms.
         uafr_layers: names whose outputs UAFR re-weights (the re-weighted output is what the rest
             of the model, and PDCR on that layer, see).
         num_classes: M of the label map (UAFR predicts M maps too unless uafr_options say).
         example_input: one input for the dry run that finds each layer's channels (and, in RF
-            mode, receptive fields); default zeros of (2, C_in, 256, 256), C_in from the first
-            nn.Conv2d.
+            mode, receptive fields), (B, C, H, W) or (B, C, D, H, W); default zeros of
+            (2, C_in, 256, 256), or (2, C_in, 64, 64, 64) for a model whose first convolution is
+            an nn.Conv3d.
         uafr_options: keyword arguments of pdcr_ext.UAFR (hidden_channels, kernel_size, ...).
         **pdcr_options: keyword arguments of pdcr_ext.PDCRLoss (mode, samples, patch_sizes, tau,
             weight, reduction, pair_reduction, ignore_index, ...). `samples` may map module names
@@ -189,6 +200,7 @@ def attach(model: nn.Module, pdcr_layers: Sequence[str] = (), cross_layers=(),
     container.uafr = nn.ModuleDict()
     uafr_options = dict(uafr_options or {})
     uafr_options.setdefault("num_maps", max(num_classes, 2))
+    uafr_options.setdefault("spatial_dims", example_input.dim() - 2)
     for name in uafr_layers:
         container.uafr[_key(name)] = UAFR(shapes[name][1], **uafr_options)
     if pdcr_layers:
@@ -204,15 +216,17 @@ def attach(model: nn.Module, pdcr_layers: Sequence[str] = (), cross_layers=(),
 
     handle = PDCRHandle(model, container, pdcr_layers, uafr_layers, [])
 
+    ndim = example_input.dim()
+
     def reweight(name):
         def hook(module, inputs, output):
-            _check_output(name, output)
+            _check_output(name, output, ndim)
             return container.uafr[_key(name)](output)
         return hook
 
     def collect(name):
         def hook(module, inputs, output):
-            _check_output(name, output)
+            _check_output(name, output, ndim)
             handle._features[name] = output
         return hook
 
@@ -222,7 +236,7 @@ def attach(model: nn.Module, pdcr_layers: Sequence[str] = (), cross_layers=(),
     return handle
 
 
-def _check_output(name, output):
-    if not isinstance(output, torch.Tensor) or output.dim() != 4:
+def _check_output(name, output, ndim: int):
+    if not isinstance(output, torch.Tensor) or output.dim() != ndim:
         got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ValueError(f"layer {name!r} must output a (B, C, h, w) tensor, got {got}")
+        raise ValueError(f"layer {name!r} must output a {_shape_doc(ndim)} tensor, got {got}")

@@ -14,19 +14,23 @@ def uafr_reweight(features: torch.Tensor, logits: torch.Tensor, *, backend: str 
     """Q_hat = Q * (1 + (1 - U)), U the normalised entropy of softmax(logits) over the maps.
 
     Args:
-        features: Q, (B, C, H, W) float.
-        logits: F(Q), (B, M, H, W) with M >= 2, same dtype and device.
+        features: Q, (B, C, H, W) float, or (B, C, D, H, W) for volumes (any spatial shape: every
+            pixel is independent).
+        logits: F(Q), (B, M, *spatial) with M >= 2, same dtype and device.
         backend: "auto" (the fused native op when built for the device), "native", "reference".
 
     Returns:
-        (Q_hat (B, C, H, W), U (B, H, W)); U is float32 for half-precision inputs and carries no
-        gradient (it is kept for figures).
+        (Q_hat (B, C, *spatial), U (B, *spatial)); U is float32 for half-precision inputs and
+        carries no gradient (it is kept for figures).
     """
-    features = _checks.tensor("features", features, ndim=4, shape_doc="(B, C, H, W)", floating=True)
-    logits = _checks.tensor("logits", logits, ndim=4, shape_doc="(B, M, H, W)", floating=True)
-    B, _, H, W = features.shape
-    if logits.shape[0] != B or logits.shape[2:] != features.shape[2:]:
-        raise ValueError(f"logits must have shape (B={B}, M, H={H}, W={W}), got {tuple(logits.shape)}")
+    features = _checks.tensor("features", features, floating=True)
+    if features.dim() not in (4, 5):
+        raise ValueError(f"features must have shape (B, C, H, W) or (B, C, D, H, W), got {tuple(features.shape)}")
+    logits = _checks.tensor("logits", logits, ndim=features.dim(),
+                            shape_doc="(B, M) + the spatial shape of features", floating=True)
+    B, spatial = features.shape[0], tuple(features.shape[2:])
+    if logits.shape[0] != B or tuple(logits.shape[2:]) != spatial:
+        raise ValueError(f"logits must have shape (B={B}, M, {', '.join(map(str, spatial))}), got {tuple(logits.shape)}")
     if logits.shape[1] < 2:
         raise ValueError(f"logits need at least 2 maps (M >= 2) for a normalised entropy, got M={logits.shape[1]}")
     if logits.dtype != features.dtype:
@@ -46,20 +50,21 @@ class UAFR(nn.Module):
     Confident pixels are amplified up to 2x, uniform ones (U = 1) pass unchanged. No supervision.
 
     Args:
-        in_channels: C of the feature map Q (B, C, H, W).
+        in_channels: C of the feature map Q (B, C, H, W), or (B, C, D, H, W) with spatial_dims=3.
         num_maps: M >= 2 (the paper finds M = number of classes best).
         hidden_channels: width of the k x k conv; default min(C, 64). The paper does not give it;
             64 keeps UAFR a light plug-in (about 1.6 M parameters on a UNet of base width 64,
             where the paper reports +1.5 M).
         kernel_size: k (odd; the paper finds 3 best).
+        spatial_dims: 2 (Conv2d head, default) or 3 (Conv3d head, for volumes; MONAI's name).
         backend: "auto", "native" or "reference" for the fused re-weighting step.
 
-    Shapes: (B, C, H, W) -> (B, C, H, W). The last uncertainty map (B, H, W) is kept in
-    `.uncertainty` (detached) for figures.
+    Shapes: (B, C, *S) -> (B, C, *S), S = (H, W) or (D, H, W). The last uncertainty map (B, *S) is
+    kept in `.uncertainty` (detached) for figures.
     """
 
     def __init__(self, in_channels: int, num_maps: int = 2, hidden_channels: int | None = None,
-                 kernel_size: int = 3, backend: str = "auto"):
+                 kernel_size: int = 3, backend: str = "auto", spatial_dims: int = 2):
         super().__init__()
         for name, value, minimum in (("in_channels", in_channels, 1), ("num_maps", num_maps, 2),
                                      ("kernel_size", kernel_size, 1)):
@@ -71,17 +76,24 @@ class UAFR(nn.Module):
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
             raise ValueError(f"hidden_channels must be an int >= 1, got {hidden_channels!r}")
         _checks.choice("backend", backend, _ops.BACKENDS)
+        _checks.choice("spatial_dims", spatial_dims, (2, 3))
         self.backend = backend
         self.num_maps = num_maps
+        self.spatial_dims = spatial_dims
+        conv, norm = (nn.Conv2d, nn.BatchNorm2d) if spatial_dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
         self.head = nn.Sequential(  # F (eq. 13)
-            nn.Conv2d(in_channels, hidden, kernel_size, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(hidden),
+            conv(in_channels, hidden, kernel_size, padding=kernel_size // 2, bias=False),
+            norm(hidden),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, num_maps, 1),
+            conv(hidden, num_maps, 1),
         )
         self.uncertainty: torch.Tensor | None = None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if not isinstance(features, torch.Tensor) or features.dim() != self.spatial_dims + 2:
+            got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise ValueError(f"UAFR(spatial_dims={self.spatial_dims}) takes (B, C, "
+                             f"{'H, W' if self.spatial_dims == 2 else 'D, H, W'}) features, got {got}")
         logits = self.head(features)
         out, u = uafr_reweight(features, logits.to(features.dtype), backend=self.backend)
         self.uncertainty = u.detach()

@@ -77,7 +77,7 @@ def test_foreground_ratio_arguments(args, match):
 
 def test_geometry_arguments():
     with pytest.raises(ValueError, match="positions"):
-        pdcr_ext.rf_boxes((3, 1, 0), torch.zeros(4, 3, dtype=torch.long))
+        pdcr_ext.rf_boxes((3, 1, 0), torch.zeros(4, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="positions must be an integer"):
         pdcr_ext.rf_boxes((3, 1, 0), torch.zeros(4, 2))
     with pytest.raises(ValueError, match="size"):

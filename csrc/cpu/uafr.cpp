@@ -88,9 +88,9 @@ std::tuple<at::Tensor, at::Tensor> uafr_reweight_cpu(const at::Tensor& features,
                                                      const at::Tensor& logits) {
   check_uafr_inputs(features, logits);
   const at::Tensor q = features.contiguous(), z = logits.contiguous();
-  const int64_t B = q.size(0), C = q.size(1), M = z.size(1), HW = q.size(2) * q.size(3);
+  const int64_t B = q.size(0), C = q.size(1), M = z.size(1), HW = uafr_pixels(q);
   at::Tensor out = at::empty_like(q);
-  at::Tensor uncertainty = at::empty({B, q.size(2), q.size(3)}, q.options().dtype(uafr_stat_dtype(q)));
+  at::Tensor uncertainty = at::empty(uafr_map_shape(q), q.options().dtype(uafr_stat_dtype(q)));
   if (q.numel() == 0 && uncertainty.numel() == 0) return {out, uncertainty};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "uafr_reweight_cpu", [&] {
     using A = at::opmath_type<scalar_t>;
@@ -108,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor> uafr_reweight_backward_cpu(const at::Tensor& 
               features.sizes(), ", got ", grad.sizes());
   const at::Tensor g = grad.to(features.scalar_type()).contiguous();
   const at::Tensor q = features.contiguous(), z = logits.contiguous();
-  const int64_t B = q.size(0), C = q.size(1), M = z.size(1), HW = q.size(2) * q.size(3);
+  const int64_t B = q.size(0), C = q.size(1), M = z.size(1), HW = uafr_pixels(q);
   at::Tensor dq = at::empty_like(q), dz = at::empty_like(z);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "uafr_reweight_backward_cpu", [&] {
     using A = at::opmath_type<scalar_t>;

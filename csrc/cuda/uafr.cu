@@ -60,9 +60,9 @@ std::tuple<at::Tensor, at::Tensor> uafr_reweight_cuda(const at::Tensor& features
   check_uafr_inputs(features, logits);
   const c10::cuda::CUDAGuard guard(features.device());
   const at::Tensor q = features.contiguous(), z = logits.contiguous();
-  const int64_t B = q.size(0), C = q.size(1), M = z.size(1), HW = q.size(2) * q.size(3);
+  const int64_t B = q.size(0), C = q.size(1), M = z.size(1), HW = uafr_pixels(q);
   at::Tensor out = at::empty_like(q);
-  at::Tensor uncertainty = at::empty({B, q.size(2), q.size(3)}, q.options().dtype(uafr_stat_dtype(q)));
+  at::Tensor uncertainty = at::empty(uafr_map_shape(q), q.options().dtype(uafr_stat_dtype(q)));
   if (B * HW == 0) return {out, uncertainty};
   const int threads = 256;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "uafr_reweight_cuda", [&] {
@@ -85,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor> uafr_reweight_backward_cuda(const at::Tensor&
   const c10::cuda::CUDAGuard guard(features.device());
   const at::Tensor g = grad.to(features.scalar_type()).contiguous();
   const at::Tensor q = features.contiguous(), z = logits.contiguous();
-  const int64_t B = q.size(0), C = q.size(1), M = z.size(1), HW = q.size(2) * q.size(3);
+  const int64_t B = q.size(0), C = q.size(1), M = z.size(1), HW = uafr_pixels(q);
   at::Tensor dq = at::empty_like(q), dz = at::empty_like(z);
   if (B * HW == 0) return {dq, dz};
   const int threads = 256;

@@ -65,19 +65,21 @@ def rf_compose(geometry: tuple[int, int, int], layer: LayerSpec) -> tuple[int, i
 
 
 def rf_boxes(positions: torch.Tensor, size, stride, offset) -> torch.Tensor:
-    """Boxes (..., 4) as (y0, x0, y1, x1), inclusive, of positions (..., 2) as (row, col).
+    """Boxes of positions (..., D), D = 2 (row, col) or 3 (depth, row, col): (..., 2D) as
+    (lo per axis, hi per axis), inclusive: (y0, x0, y1, x1) or (z0, y0, x0, z1, y1, x1).
 
-    size, stride, offset: int or (rows, cols). Eqs. 5-6 with o_l = e_l = the position.
+    size, stride, offset: int or one value per axis. Eqs. 5-6 with o_l = e_l = the position.
     """
-    size, stride, offset = (_pair(v) for v in (size, stride, offset))
+    dims = positions.shape[-1]
+    size, stride, offset = (_axes(v, dims) for v in (size, stride, offset))
     pos = positions.long()
-    y0 = pos[..., 0] * stride[0] + offset[0]
-    x0 = pos[..., 1] * stride[1] + offset[1]
-    return torch.stack([y0, x0, y0 + size[0] - 1, x0 + size[1] - 1], dim=-1)
+    lo = [pos[..., a] * stride[a] + offset[a] for a in range(dims)]
+    hi = [lo[a] + size[a] - 1 for a in range(dims)]
+    return torch.stack(lo + hi, dim=-1)
 
 
 def patch_boxes(centers: torch.Tensor, size: int) -> torch.Tensor:
-    """Square patches of side ``size`` centred on pixels ``centers`` (..., 2) (H-PDCR).
+    """Square (cubic) patches of side ``size`` centred on pixels ``centers`` (..., 2 or 3) (H-PDCR).
 
     For even sizes the centre is the lower-right of the middle four pixels: the box starts at
     c - (size - 1) // 2.
@@ -85,5 +87,5 @@ def patch_boxes(centers: torch.Tensor, size: int) -> torch.Tensor:
     return rf_boxes(centers, size, 1, -((size - 1) // 2))
 
 
-def _pair(v):
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def _axes(v, dims: int) -> tuple:
+    return (int(v),) * dims if isinstance(v, int) else tuple(int(x) for x in v)
