@@ -111,19 +111,16 @@ template <int D, typename T, typename I>
 PDCR_HD void box_ratios(const I* integrals, int64_t plane_stride, const I* ignored,
                         const int64_t* size, int64_t M, const int64_t* lo, const int64_t* hi,
                         bool inside_area, T* out) {
-  int64_t full_area = 1;
-  for (int a = 0; a < D; ++a) full_area *= hi[a] - lo[a] + 1;
+  // the class counts; box_count also gives the clipped (in-image) area
   int64_t inside = 0;
-  int64_t area = full_area;
+  for (int64_t m = 0; m < M; ++m) out[m] = T(box_count<D>(integrals + m * plane_stride, size, lo, hi, &inside));
+  int64_t area = 1;
   if (inside_area) {
-    const int64_t ignored_count = ignored != nullptr ? box_count<D>(ignored, size, lo, hi, &inside) : 0;
-    if (ignored == nullptr) box_count<D>(integrals, size, lo, hi, &inside);
-    area = inside - ignored_count;
+    area = inside - (ignored != nullptr ? box_count<D>(ignored, size, lo, hi, &inside) : 0);
+  } else {
+    for (int a = 0; a < D; ++a) area *= hi[a] - lo[a] + 1;
   }
-  for (int64_t m = 0; m < M; ++m) {
-    const int64_t count = box_count<D>(integrals + m * plane_stride, size, lo, hi, &inside);
-    out[m] = foreground_ratio<T>(count, area);
-  }
+  for (int64_t m = 0; m < M; ++m) out[m] = foreground_ratio<T>(static_cast<int64_t>(out[m]), area);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -308,21 +308,24 @@ class _Trace(torch.overrides.TorchFunctionMode):
         return out
 
 
+def _first_conv(model: nn.Module):
+    return next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))), None)
+
+
 def model_dims(model: nn.Module) -> int:
     """2 or 3: the spatial axes of the model's first convolution (2 when it has none)."""
-    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))), None)
-    return 3 if isinstance(first, nn.Conv3d) else 2
+    return 3 if isinstance(_first_conv(model), nn.Conv3d) else 2
 
 
 def model_input(model: nn.Module, input_size=None, *, default_side: int = 256) -> tuple[int, ...]:
     """A full input shape (B, C, *S) from what users give: None, the spatial size S, (C, *S) or
-    (B, C, *S); C from the first convolution, S from `default_side` (2-D) or half of it (3-D)."""
+    (B, C, *S); C from the first convolution, S from `default_side` (2-D) or a quarter of it (3-D)."""
     dims = model_dims(model)
     if input_size is None:
         input_size = ((default_side,) * 2) if dims == 2 else ((default_side // 4,) * 3)
     input_size = tuple(int(v) for v in input_size)
     if len(input_size) == dims:  # the image size: the channels of the first convolution
-        first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))), None)
+        first = _first_conv(model)
         if first is None:
             raise ValueError("input_size must give the channels, (C, H, W): the model has no "
                              "convolution to infer them from")

@@ -20,7 +20,9 @@ def _grid_shape(size: tuple[int, ...], n: int) -> tuple[int, ...]:
     last = min(size[-1], max(1, math.ceil(n / math.prod(counts))))
     if n >= 2 and last < min(2, size[-1]):
         last = min(2, size[-1])
-        counts[0] = min(size[0], math.ceil(n / (last * math.prod(counts[1:]))))
+        # the other axes again, as a grid of the cells one band of the last axis must hold
+        need = math.ceil(n / last)
+        counts = [min(size[0], need)] if dims == 2 else list(_grid_shape(size[:-1], need))
     counts.append(last)
     axis = 0
     while math.prod(counts) < n:  # an axis hit its extent: grow the others (n <= prod(size) bounds this)

@@ -54,6 +54,13 @@ __global__ void column_counts_kernel(const L* labels, Layout g, bool has_ignore,
     I[(y + 1) * (g.W + 1) + x + 1] = count;
     if (x == 0) I[(y + 1) * (g.W + 1)] = 0;
   }
+  if (first && z == 0) {  // 3-D: slice 0 of the integral volume is zero
+    int32_t* zero = integral + (b * g.planes + p) * g.plane_size();
+    for (int64_t y = 0; y <= g.H; ++y) {
+      zero[y * (g.W + 1) + x + 1] = 0;
+      if (x == 0) zero[y * (g.W + 1)] = 0;
+    }
+  }
 }
 
 // Row pass: one warp per row of the integral arrays, an inclusive scan over x in chunks of 32.
@@ -78,13 +85,12 @@ __global__ void row_scan_kernel(int32_t* integral, int64_t rows, int64_t W) {
 }
 
 // Depth pass (3-D only): for one (image, plane) and one point (y, x) of a slice, the running sum
-// over slices; slice 0 is set to zero.
+// over slices 1..D (slice 0, zero, was written by the column pass).
 __global__ void depth_scan_kernel(int32_t* integral, Layout g, int64_t arrays) {
   const int64_t slice = (g.H + 1) * (g.W + 1);
   const int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (q >= arrays * slice) return;
   int32_t* I = integral + (q / slice) * g.plane_size() + q % slice;
-  I[0] = 0;
   int32_t sum = 0;
   for (int64_t z = 1; z < g.slices; ++z) {
     sum += I[z * slice];
@@ -122,7 +128,8 @@ at::Tensor foreground_ratios_cuda(const at::Tensor& labels, const at::Tensor& bo
   at::Tensor ratios = at::zeros({B, N, M}, labels.options().dtype(at::kFloat));
   if (B == 0 || N == 0) return ratios;
   TORCH_CHECK(g.planes <= 65535, "foreground_ratios: at most 65534 classes on CUDA");
-  TORCH_CHECK(B * g.depth <= 2147483647LL, "foreground_ratios: too many images and slices on CUDA");
+  TORCH_CHECK(B * g.depth <= 65535, "foreground_ratios: at most 65535 images x slices per call on CUDA, got ",
+              B, " x ", g.depth);
   const auto stream = at::cuda::getCurrentCUDAStream();
   const at::Tensor lab = labels.contiguous();
   const at::Tensor bx = boxes.contiguous();
@@ -135,7 +142,7 @@ at::Tensor foreground_ratios_cuda(const at::Tensor& labels, const at::Tensor& bo
           integral.data_ptr<int32_t>());
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int64_t rows = B * g.planes * g.slices * (g.H + 1);
+    const int64_t rows = B * g.planes * g.slices * (g.H + 1);  // slice 0 included: zero, stays zero
     row_scan_kernel<<<ceil_div(rows, 8), 256, 0, stream>>>(integral.data_ptr<int32_t>(), rows, g.W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (volume) {
