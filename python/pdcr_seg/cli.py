@@ -35,7 +35,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=S, metavar="FILE.yaml", help="settings; the command line overrides them")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=S, help=f"synthetic, nuclei or folder:PATH (default {d.data})")
+    g.add_argument("--dims", type=int, choices=[2, 3], default=S, help="2: images (default); 3: volumes")
     g.add_argument("--image-size", type=int, default=S, help=f"side of the square tiles (default {d.image_size})")
+    g.add_argument("--patch-size", type=int, nargs=3, default=S, metavar=("D", "H", "W"),
+                   help="3-D: training crops and sliding-window size (default 16 32 32)")
+    g.add_argument("--samples-per-epoch", type=int, default=S, help="3-D: random crops per epoch (default 32)")
     g.add_argument("--num-classes", type=int, default=S, help="classes (default: the data's)")
     g.add_argument("--fraction", type=float, default=S, help="train on this fraction of the training split")
     g.add_argument("--no-augment", dest="augment", action="store_false", default=S,
@@ -74,7 +78,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=S, help="data loader processes (default 0)")
     g.add_argument("--overlays", type=int, default=S, help=f"test tiles drawn (default {d.overlays})")
     p.add_argument("--out", default=S, help=f"run directory (default {d.out})")
-    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint_last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue OUT/checkpoint_last.pt (its settings; --epochs / --max-steps may extend "
+                        "it: the cosine schedule is stretched to the new length; a --max-steps stop "
+                        "counted its epoch as done)")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -107,27 +114,27 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from . import distributed
     from .data import build_datasets
-    from .evaluate import evaluate, load_run
+    from .evaluate import evaluate, inference_roi, load_run
     from .train import write_overlays
 
     device = _device(args.device)
     model, handle, cfg, state = load_run(args.checkpoint, device)
     data = args.data or cfg.data
     bundle = build_datasets(data, image_size=cfg.image_size, seed=cfg.seed, augment=False,
-                            num_classes=state["data"]["num_classes"])
+                            num_classes=state["data"]["num_classes"], dims=cfg.dims, patch_size=cfg.patch_size)
     if bundle.in_channels != state["data"]["in_channels"]:
         raise ConfigError(f"{data} has {bundle.in_channels} image channels, the model takes "
                           f"{state['data']['in_channels']}")
     dataset = getattr(bundle, args.split)
     ctx = distributed.Context(0, 1, 0, device)
     result = evaluate(model, dataset, bundle.num_classes, ctx, batch_size=cfg.batch_size,
-                      ignore_index=cfg.ignore_index)
+                      ignore_index=cfg.ignore_index, roi=inference_roi(cfg))
     out = Path(args.out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(args.checkpoint), "data": bundle.description, "split": args.split, **result}
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     write_overlays(model, handle, dataset, bundle.num_classes, device, out / "overlays", args.overlays,
-                   f"{cfg.model} on {data} ({args.split})")
+                   f"{cfg.model} on {data} ({args.split})", roi=inference_roi(cfg))
     print(f"{args.split} ({result['images']} images): Dice {result['dice']:.4f} Jaccard {result['jaccard']:.4f} "
           f"accuracy {result['accuracy']:.4f} HD95 {result['hd95']:.2f}")
     print(f"wrote {out}/metrics.json and {out}/overlays/")

@@ -22,7 +22,10 @@ class ConfigError(ValueError):
 class TrainConfig:
     # data
     data: str = "synthetic"  # synthetic | nuclei | folder:PATH
-    image_size: int = 128
+    dims: int = 2  # 2: images; 3: volumes (nuclei volume, Decathlon NIfTI folders)
+    image_size: int = 128  # 2-D: side of the square tiles
+    patch_size: list[int] = dataclasses.field(default_factory=lambda: [16, 32, 32])  # 3-D crops (D, H, W)
+    samples_per_epoch: int = 32  # 3-D: random crops per epoch
     num_classes: int | None = None  # None: the data's
     fraction: float = 1.0  # of the training split (limited-data runs)
     augment: bool = True  # the paper's augmentation (MONAI transforms)
@@ -64,6 +67,10 @@ class TrainConfig:
                 raise ConfigError(message)
 
         need(self.image_size >= 16, f"--image-size must be >= 16, got {self.image_size}")
+        need(self.dims in (2, 3), f"--dims must be 2 or 3, got {self.dims}")
+        need(len(self.patch_size) == 3 and min(self.patch_size) >= 1,
+             f"--patch-size must be three sizes D H W, got {self.patch_size}")
+        need(self.samples_per_epoch >= 1, f"--samples-per-epoch must be >= 1, got {self.samples_per_epoch}")
         need(0 < self.fraction <= 1, f"--fraction must be in (0, 1], got {self.fraction}")
         need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         need(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}")

@@ -23,19 +23,61 @@ class RunError(ValueError):
     """A checkpoint that cannot be used; one line naming the problem."""
 
 
-def predict_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """(B, C, *S) -> logits (B, M, *S) in float32, model in eval mode, no gradients."""
+def predict_logits(model: nn.Module, images: torch.Tensor, roi=None) -> torch.Tensor:
+    """(B, C, *S) -> logits (B, M, *S) in float32, no gradients. With `roi` (a patch size), by
+    MONAI's sliding_window_inference with 50 % overlap and Gaussian weighting (nnU-Net's; the
+    paper's 3-D test setting), so that volumes of any size are segmented patch by patch."""
     with torch.no_grad():
-        return model(images).float()
+        return _windows(images, roi, lambda x: model(x).float())
+
+
+def _windows(images: torch.Tensor, roi, predictor) -> torch.Tensor:
+    """predictor(images), or stitched from sliding windows of size `roi` (50 % overlap, Gaussian)."""
+    if roi is None:
+        return predictor(images)
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(images, tuple(roi), sw_batch_size=4, predictor=predictor, overlap=0.5,
+                                    mode="gaussian")
+
+
+def segment(model: nn.Module, handle, layer: str | None, image: torch.Tensor, roi=None):
+    """One item: (prediction (*S) int64, UAFR's uncertainty of `layer` resized to (*S) or None).
+
+    image (C, *S). With `roi` the uncertainty is stitched by the same sliding windows as the
+    logits (each window's map upsampled to the window), so a volume gets one map.
+    """
+    import torch.nn.functional as F
+
+    def predictor(x):
+        logits = model(x).float()
+        if layer is None:
+            return logits
+        u = handle.uncertainty[layer][:, None].float()
+        mode = "bilinear" if u.dim() == 4 else "trilinear"
+        return torch.cat([logits, F.interpolate(u, size=x.shape[2:], mode=mode, align_corners=False)], 1)
+
+    with torch.no_grad():
+        out = _windows(image[None], roi, predictor)
+    logits = out[:, :-1] if layer is not None else out
+    return logits.argmax(1)[0].cpu(), (out[0, -1].clamp(0, 1).cpu() if layer is not None else None)
+
+
+def inference_roi(cfg: TrainConfig):
+    """The sliding-window size of a run: its training patch for volumes, None for images."""
+    return example_size(cfg) if cfg.dims == 3 else None
 
 
 def evaluate(model: nn.Module, dataset, num_classes: int, ctx: distributed.Context, *,
-             batch_size: int = 8, ignore_index: int | None = None, amp: bool = False) -> dict:
+             batch_size: int = 8, ignore_index: int | None = None, amp: bool = False, roi=None) -> dict:
     """Metrics of `model` on every item of `dataset`, as metrics.summarize gives them.
 
     Under DDP each rank evaluates every world_size-th item and the per-image rows are gathered,
-    so every rank returns the same summary (over the whole dataset, each item once).
+    so every rank returns the same summary (over the whole dataset, each item once). With `roi`
+    (volumes) each item is segmented by sliding windows, one volume at a time.
     """
+    if roi is not None:
+        batch_size = 1  # volumes may differ in size
     was_training = model.training
     model.eval()
     rows = []
@@ -47,7 +89,7 @@ def evaluate(model: nn.Module, dataset, num_classes: int, ctx: distributed.Conte
             images = torch.stack([item["image"] for item in items]).to(ctx.device)
             labels = torch.stack([item["label"] for item in items]).to(ctx.device)
             with autocast:
-                logits = predict_logits(model, images)
+                logits = predict_logits(model, images, roi)
             rows += per_image_metrics(logits.argmax(1).cpu(), labels[:, 0].cpu(), num_classes, ignore_index)
     finally:
         model.train(was_training)
@@ -58,12 +100,18 @@ def evaluate(model: nn.Module, dataset, num_classes: int, ctx: distributed.Conte
 def build_run(cfg: TrainConfig, in_channels: int, num_classes: int, device: torch.device):
     """The model of a run and its PDCR/UAFR handle (or None), on `device`."""
     try:
-        model = build_model(cfg.model, in_channels, num_classes, cfg.width)
-    except ValueError as error:  # an unknown model name, a bad width
+        options = {"input_size": example_size(cfg)} if cfg.model == "monai.DynUNet" else {}
+        model = build_model(cfg.model, in_channels, num_classes, cfg.width, spatial_dims=cfg.dims, **options)
+    except ValueError as error:  # an unknown model name, a bad width, a 2-D model for volumes
         raise ConfigError(str(error)) from None
-    example = torch.zeros(2, in_channels, cfg.image_size, cfg.image_size)
+    example = torch.zeros(2, in_channels, *example_size(cfg))
     handle = attach_methods(model, cfg, num_classes, example)
     return model.to(device), handle
+
+
+def example_size(cfg: TrainConfig) -> tuple[int, ...]:
+    """The spatial size of one training input: the tile (2-D) or the patch (3-D)."""
+    return tuple(cfg.patch_size) if cfg.dims == 3 else (cfg.image_size, cfg.image_size)
 
 
 def load_run(checkpoint: str | Path, device: torch.device):

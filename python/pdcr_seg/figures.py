@@ -58,11 +58,12 @@ def progress(history: list[dict], path: str | Path, title: str = "") -> None:
 
 
 def _image(array: np.ndarray) -> np.ndarray:
-    """(C, H, W) -> something imshow takes: grey (H, W) or RGB (H, W, 3), scaled to [0, 1]."""
+    """(C, H, W) -> something imshow takes: RGB (H, W, 3) for three channels, else the first
+    channel in grey (H, W) (one modality of a multi-modal scan), scaled to [0, 1]."""
     array = np.asarray(array, dtype=np.float32)
+    array = np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0]
     lo, hi = float(array.min()), float(array.max())
-    array = (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
-    return array[0] if array.shape[0] == 1 else np.moveaxis(array[:3], 0, -1)
+    return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
 
 
 def overlay(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, path: str | Path,
@@ -102,6 +103,50 @@ def overlay(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, path: 
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def volume_overlay(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, path: str | Path,
+                   uncertainty: np.ndarray | None = None, uncertainty_name: str = "", title: str = "",
+                   num_classes: int = 2, slices: int = 3) -> None:
+    """A volume as `slices` rows of overlay panels, slices along the first axis at 1/4, 1/2 and
+    3/4 of the depth: image | truth | prediction (truth edge in red) | UAFR's uncertainty.
+
+    image (C, D, H, W); label, prediction (D, H, W); uncertainty (D, H, W) or None.
+    """
+    depth = label.shape[0]
+    picks = sorted({min(depth - 1, max(0, round(depth * (i + 1) / (slices + 1)))) for i in range(slices)})
+    panels = 4 if uncertainty is not None else 3
+    H, W = label.shape[1:]
+    panel = 3.0 if W >= H else 3.0 * W / H  # panels keep the slice's aspect ratio
+    fig, axes = plt.subplots(len(picks), panels, squeeze=False,
+                             figsize=(panel * panels + 0.8, panel * H / W * len(picks) + 0.9))
+    classes = dict(cmap="viridis", vmin=0, vmax=max(num_classes - 1, 1), interpolation="nearest")
+    for row, z in enumerate(picks):
+        shown = _image(image[:, z])
+        cmap = "gray" if shown.ndim == 2 else None
+        axes[row, 0].imshow(shown, cmap=cmap)
+        axes[row, 0].set_ylabel(f"slice {z}", fontsize=8)
+        axes[row, 1].imshow(shown, cmap=cmap)
+        axes[row, 1].imshow(np.ma.masked_equal(label[z], 0), alpha=0.55, **classes)
+        axes[row, 2].imshow(shown, cmap=cmap)
+        axes[row, 2].imshow(np.ma.masked_equal(prediction[z], 0), alpha=0.55, **classes)
+        for c in range(1, num_classes):
+            if (label[z] == c).any():
+                axes[row, 2].contour(label[z] == c, levels=[0.5], colors="red", linewidths=0.8)
+        if uncertainty is not None:
+            im = axes[row, 3].imshow(uncertainty[z], cmap="magma", vmin=0, vmax=1)
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax, name in zip(axes[0], ("image", "ground truth", "prediction (red: truth edge)",
+                                  f"UAFR uncertainty U ({uncertainty_name})")):
+        ax.set_title(name, fontsize=9)
+    if uncertainty is not None:
+        fig.colorbar(im, ax=axes[:, 3].tolist(), fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 

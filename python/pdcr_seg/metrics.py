@@ -57,6 +57,8 @@ def per_image_metrics(prediction: torch.Tensor, label: torch.Tensor, num_classes
         dice = DiceMetric(include_background=True, reduction="none")(pred_1h, label_1h)
         jaccard = MeanIoU(include_background=True, reduction="none")(pred_1h, label_1h)
         hd95 = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(pred_1h, label_1h)
+    # undefined distances (a mask empty on either side) are NaN, whatever MONAI's version returns
+    hd95 = torch.where(torch.isfinite(hd95), hd95, torch.full_like(hd95, float("nan")))
     correct = ((prediction == label) & valid).flatten(1).sum(1)
     counted = valid.flatten(1).sum(1).clamp_min(1)
     accuracy = (correct.double() / counted.double()).tolist()

@@ -46,6 +46,8 @@ def predict(checkpoint: str | Path, inputs: str | Path, out: str | Path, device:
     import matplotlib
 
     model, handle, cfg, state = load_run(checkpoint, device)
+    if cfg.dims != 2:
+        raise DataError("predict segments 2-D images; for a volume model use `pdcr-seg eval --data folder:PATH`")
     channels, num_classes = state["data"]["in_channels"], state["data"]["num_classes"]
     layer = uncertainty_layer(model, handle)
     colormap = matplotlib.colormaps["magma"]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from monai.data.utils import worker_init_fn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 try:
@@ -36,7 +37,7 @@ except ImportError:  # pragma: no cover - tqdm is a dependency
 from . import distributed, figures
 from .config import ConfigError, TrainConfig, save_yaml
 from .data import build_datasets
-from .evaluate import build_run, evaluate, predict_logits, uncertainty_layer
+from .evaluate import build_run, evaluate, example_size, inference_roi, segment, uncertainty_layer
 from .metrics import batch_dice
 from .models.complexity import model_complexity
 
@@ -93,7 +94,10 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
         raise ConfigError(f"--resume: {last_path} does not exist")
     seed_everything(cfg.seed)
     bundle = build_datasets(cfg.data, image_size=cfg.image_size, seed=cfg.seed, fraction=cfg.fraction,
-                            augment=cfg.augment, num_classes=cfg.num_classes)
+                            augment=cfg.augment, num_classes=cfg.num_classes, dims=cfg.dims,
+                            patch_size=cfg.patch_size,
+                            **({"samples_per_epoch": cfg.samples_per_epoch} if cfg.dims == 3 else {}))
+    roi = inference_roi(cfg)
     num_classes = bundle.num_classes
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -102,13 +106,14 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
         print(f"data: {bundle.description}", flush=True)
 
     model, handle = build_run(cfg, bundle.in_channels, num_classes, torch.device("cpu"))
-    complexity = model_complexity(model, (bundle.in_channels, cfg.image_size, cfg.image_size))
+    size = example_size(cfg)
+    complexity = model_complexity(model, (1, bundle.in_channels, *size))
     projections = 0 if handle is None or handle.pdcr is None else sum(p.numel() for p in handle.pdcr.parameters())
     complexity["parameters_inference"] = complexity["parameters"] - projections  # PDCR trains only
     model.to(ctx.device)
     if ctx.is_main:
         print(f"model: {cfg.model} width {cfg.width or 'default'}: {complexity['parameters_inference'] / 1e6:.2f} M "
-              f"parameters, {complexity['macs'] / 1e9:.2f} GMACs at {cfg.image_size}x{cfg.image_size}"
+              f"parameters, {complexity['macs'] / 1e9:.2f} GMACs at {'x'.join(map(str, size))}"
               + (f"; PDCR layers {handle.pdcr_layers}" if handle and handle.pdcr else "")
               + (f"; UAFR layers {handle.uafr_layers}" if handle and handle.uafr_layers else ""), flush=True)
     if cfg.sync_bn:
@@ -122,12 +127,10 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     module = _unwrap(model)
 
-    drop_last = len(bundle.train) > cfg.batch_size  # no batch of one: BatchNorm needs two values
-    sampler = (DistributedSampler(bundle.train, shuffle=True, seed=cfg.seed, drop_last=drop_last)
-               if ctx.distributed else None)
-    steps_per_epoch = (len(sampler) if sampler else len(bundle.train)) // cfg.batch_size
-    if not drop_last or steps_per_epoch == 0:
-        steps_per_epoch = max(1, math.ceil((len(sampler) if sampler else len(bundle.train)) / cfg.batch_size))
+    sampler = DistributedSampler(bundle.train, shuffle=True, seed=cfg.seed) if ctx.distributed else None
+    per_rank = len(sampler) if sampler else len(bundle.train)  # what each process's loader sees
+    drop_last = per_rank > cfg.batch_size  # no batch of one (BatchNorm needs two values), never none
+    steps_per_epoch = per_rank // cfg.batch_size if drop_last else 1
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -143,9 +146,12 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scheduler.T_max = max(total_steps, 1)  # the schedule of this invocation's epochs / max_steps
         start_epoch, step, history, best = state["epoch"], state["step"], state["history"], state["best"]
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         for transform, augment_state in zip(augmenters, rng["augment"]):
@@ -159,6 +165,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
             "scheduler": scheduler.state_dict(), "epoch": epoch_done, "step": step, "history": history,
             "best": best,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     "augment": [t.R.get_state() for t in augmenters]},
             "data": {"in_channels": bundle.in_channels, "num_classes": num_classes,
                      "class_names": list(bundle.class_names), "description": bundle.description},
@@ -172,9 +179,11 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
         if sampler is not None:
             sampler.set_epoch(epoch)
         order = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)  # the same order on resume
+        # worker processes re-seed the augmentation (MONAI's worker_init_fn): else every worker
+        # would repeat the same draws
         loader = DataLoader(bundle.train, batch_size=cfg.batch_size, drop_last=drop_last,
                             sampler=sampler or RandomSampler(bundle.train, generator=order),
-                            num_workers=cfg.workers)
+                            num_workers=cfg.workers, worker_init_fn=worker_init_fn if cfg.workers else None)
         model.train()
         sums = {"loss": 0.0, "seg": 0.0, "pdcr": 0.0}
         term_sums: dict[str, float] = {}
@@ -218,7 +227,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - started
         val = evaluate(module, bundle.val, num_classes, ctx, batch_size=cfg.batch_size,
-                       ignore_index=cfg.ignore_index, amp=cfg.amp)
+                       ignore_index=cfg.ignore_index, amp=cfg.amp, roi=roi)
         n = max(steps_this_epoch, 1)
         record = {
             "epoch": epoch, "steps": steps_this_epoch, "step": step,
@@ -249,7 +258,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
     best_state = torch.load(best_path, map_location="cpu", weights_only=False)
     module.load_state_dict(best_state["model"])
     test = evaluate(module, bundle.test, num_classes, ctx, batch_size=cfg.batch_size,
-                    ignore_index=cfg.ignore_index, amp=cfg.amp)
+                    ignore_index=cfg.ignore_index, amp=cfg.amp, roi=roi)
     step_times = [h["seconds_per_step"] for h in history[1:]] or [h["seconds_per_step"] for h in history]
     summary = {
         "config": cfg.to_dict(),
@@ -270,7 +279,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         title = f"{cfg.model} on {cfg.data}" + (" + PDCR" if cfg.pdcr else "") + (" + UAFR" if cfg.uafr else "")
         figures.progress(history, out / "progress.png", title)
-        write_overlays(module, handle, bundle.test, num_classes, ctx.device, out / "overlays", cfg.overlays, title)
+        write_overlays(module, handle, bundle.test, num_classes, ctx.device, out / "overlays", cfg.overlays, title,
+                       roi=roi)
         print(f"test ({test['images']} images, best epoch {best['epoch'] + 1 if best['epoch'] is not None else '-'}): "
               f"Dice {figures.fmt(test['dice'])} Jaccard {figures.fmt(test['jaccard'])} "
               f"accuracy {figures.fmt(test['accuracy'])} HD95 {figures.fmt(test['hd95'], 2)}", flush=True)
@@ -279,8 +289,9 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
 
 
 def write_overlays(model: nn.Module, handle, dataset, num_classes: int, device: torch.device,
-                   folder: Path, count: int, title: str = "") -> list[Path]:
-    """The first `count` items of `dataset`: image | truth | prediction | UAFR uncertainty."""
+                   folder: Path, count: int, title: str = "", roi=None) -> list[Path]:
+    """The first `count` items of `dataset`: image | truth | prediction | UAFR uncertainty (for
+    volumes, three slices of each)."""
     layer = uncertainty_layer(model, handle)
     paths = []
     was_training = model.training
@@ -288,12 +299,15 @@ def write_overlays(model: nn.Module, handle, dataset, num_classes: int, device: 
     try:
         for index in range(min(count, len(dataset))):
             item = dataset[index]
-            logits = predict_logits(model, item["image"][None].to(device))
-            u = handle.uncertainty[layer][0].float().cpu().numpy() if layer else None
+            prediction, u = segment(model, handle, layer, item["image"].to(device), roi)
             path = folder / f"{index:02d}_{item['name']}.png".replace("/", "_")
-            figures.overlay(item["image"].numpy(), item["label"][0].numpy(), logits.argmax(1)[0].cpu().numpy(),
-                            path, uncertainty=u, uncertainty_name=layer or "", title=f"{title} — {item['name']}",
-                            num_classes=num_classes)
+            kwargs = dict(uncertainty=None if u is None else u.numpy(), uncertainty_name=layer or "",
+                          title=f"{title} — {item['name']}", num_classes=num_classes)
+            if item["image"].dim() == 4:  # (C, D, H, W)
+                figures.volume_overlay(item["image"].numpy(), item["label"][0].numpy(), prediction.numpy(), path,
+                                       **kwargs)
+            else:
+                figures.overlay(item["image"].numpy(), item["label"][0].numpy(), prediction.numpy(), path, **kwargs)
             paths.append(path)
     finally:
         model.train(was_training)

@@ -51,6 +51,7 @@ class RawSplits:
     num_classes: int
     class_names: tuple[str, ...]
     description: str
+    repeat: int = 1  # volumes: each training item this many times an epoch (random crops)
 
 
 @dataclass
@@ -74,6 +75,8 @@ def build_datasets(
     fraction: float = 1.0,
     augment: bool = True,
     num_classes: int | None = None,
+    dims: int = 2,
+    patch_size=(16, 32, 32),
     **options,
 ) -> DataBundle:
     """Builds the train / val / test datasets named by ``spec``.
@@ -102,18 +105,37 @@ def build_datasets(
         raise DataError(f"num_classes must be at least 2, got {num_classes!r}")
     image_size, seed = int(image_size), int(seed)
 
-    raw = _load_source(spec, image_size=image_size, seed=seed, num_classes=num_classes, **options)
+    if dims == 3:
+        from .transforms import volume_train_transforms
+
+        raw = _load_volumes(spec, patch_size=tuple(patch_size), seed=seed, num_classes=num_classes, **options)
+        train_tf = volume_train_transforms(seed, patch_size)
+        if not augment:  # still crops: training works on patches
+            from monai.transforms import Compose, RandSpatialCropd
+
+            train_tf = Compose([RandSpatialCropd(keys=("image", "label"), roi_size=tuple(patch_size),
+                                                 random_size=False), *eval_transforms().transforms])
+            train_tf.set_random_state(seed=seed)
+        size = "crops of " + "x".join(map(str, patch_size))
+    elif dims == 2:
+        raw = _load_source(spec, image_size=image_size, seed=seed, num_classes=num_classes, **options)
+        train_tf = train_transforms(seed, image_size) if augment else eval_transforms()
+        size = f"{image_size}x{image_size}"
+    else:
+        raise DataError(f"dims must be 2 or 3, got {dims!r}")
 
     n_all = len(raw.train)
     train_items = subset(raw.train, fraction, seed)
-    train_tf = train_transforms(seed, image_size) if augment else eval_transforms()
     kept = f"{len(train_items)} train"
     if len(train_items) < n_all:
         kept += f" ({fraction:g} of {n_all})"
+    if raw.repeat > 1:
+        kept += f" x {raw.repeat} crops an epoch"
+        train_items = train_items * raw.repeat
     description = (
         f"{raw.description}: {kept} / {len(raw.val)} val / {len(raw.test)} test, "
         f"{raw.in_channels} channel{'s' if raw.in_channels > 1 else ''}, {raw.num_classes} classes "
-        f"({', '.join(raw.class_names)}), {image_size}x{image_size}"
+        f"({', '.join(raw.class_names)}), {size}"
         + (", train augmented" if augment else "")
     )
     return DataBundle(
@@ -135,6 +157,24 @@ def subset(items: list, fraction: float, seed: int) -> list:
     # A separate stream from the augmentation's: the subset does not shift when augmentation does.
     order = np.random.default_rng([seed, 0x5EB5E7]).permutation(len(items))
     return [items[i] for i in sorted(order[:keep])]
+
+
+def _load_volumes(spec: str, *, patch_size, seed: int, num_classes, **options) -> RawSplits:
+    """Dispatches a 3-D ``spec`` to its source (volumes.py)."""
+    from .volumes import make_decathlon, make_nuclei_volume
+
+    if len(patch_size) != 3 or min(patch_size) < 1:
+        raise DataError(f"patch_size must be three positive sizes (D, H, W), got {patch_size!r}")
+    unknown = sorted(set(options) - {"samples_per_epoch"})
+    if unknown:
+        raise DataError(f"unknown option(s) {', '.join(unknown)} for 3-D data; known: samples_per_epoch")
+    if spec == "nuclei":
+        return make_nuclei_volume(patch_size=patch_size, seed=seed, num_classes=num_classes, **options)
+    if isinstance(spec, str) and spec.startswith("folder:"):
+        return make_decathlon(spec[len("folder:"):], patch_size=patch_size, seed=seed, num_classes=num_classes,
+                              **options)
+    raise DataError(f"3-D data must be 'nuclei' (the stardist volume) or 'folder:PATH' (Decathlon layout), "
+                    f"got {spec!r}")
 
 
 def _load_source(spec: str, *, image_size: int, seed: int, num_classes, **options) -> RawSplits:

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import Compose, EnsureTyped, RandAffined, RandFlipd
+from monai.transforms import Compose, EnsureTyped, RandAffined, RandFlipd, RandRotate90d, RandSpatialCropd
 
 KEYS = ("image", "label")
 
@@ -70,6 +70,30 @@ def train_transforms(seed: int = 0, image_size: int = 128) -> Compose:
         RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0),
         RandFlipd(keys=KEYS, prob=0.5, spatial_axis=1),
         _typed(),  # the affine resamples the label in float; back to int64, no metadata
+    ])
+    compose.set_random_state(seed=seed)
+    return compose
+
+
+def volume_train_transforms(seed: int, patch_size) -> Compose:
+    """Patch-based training on volumes (nnU-Net's way, the paper's 3-D pipeline): a random crop of
+    `patch_size` (D, H, W) from the item's volume, flips on every axis, a quarter turn in the
+    (H, W) plane when the patch is square there (a turn of a non-square crop would change its
+    shape), and random scaling 0.8-1.2 (the paper's range) with a small rotation (+-15 degrees
+    about each axis) on half of the crops. Seeded like train_transforms."""
+    angle = math.radians(15.0)
+    turn = [RandRotate90d(keys=KEYS, prob=0.5, spatial_axes=(1, 2))] if patch_size[1] == patch_size[2] else []
+    compose = Compose([
+        _typed(),
+        RandSpatialCropd(keys=KEYS, roi_size=tuple(patch_size), random_size=False),
+        RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0),
+        RandFlipd(keys=KEYS, prob=0.5, spatial_axis=1),
+        RandFlipd(keys=KEYS, prob=0.5, spatial_axis=2),
+        *turn,
+        RandAffined(keys=KEYS, prob=0.5, rotate_range=((-angle, angle),) * 3,
+                    scale_range=((SCALE[0] - 1.0, SCALE[1] - 1.0),) * 3, mode=("bilinear", "nearest"),
+                    padding_mode="reflection"),
+        _typed(),
     ])
     compose.set_random_state(seed=seed)
     return compose

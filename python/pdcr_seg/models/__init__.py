@@ -13,7 +13,11 @@ Names (``MODELS``), parameters at the default width for 3 input channels and 2 c
     deeplabv3plus_resnet DeepLabV3+, ResNet-50                     40.35 M
     monai.BasicUNet      MONAI's BasicUNet (width None: MONAI's 32)  1.98 M
     monai.UNet           MONAI's UNet, channels 64..1024           10.55 M
+    monai.DynUNet        MONAI's DynUNet (the nnU-Net architecture), filters 32..256 at width 32
     monai.<ClassName>    another network of monai.networks.nets, given paper_layers=PaperLayers(...)
+
+Volumes: ``spatial_dims=3`` builds unet, monai.BasicUNet, monai.UNet and monai.DynUNet of 3-D
+convolutions ((B, C, D, H, W) in and out); FCN and DeepLabV3+ are 2-D only, as in the paper.
 
 ``width`` is the channels of the first encoder stage and scales every other width (default 64,
 the paper's size; None keeps each model's default). Every model carries ``model.paper_layers``
@@ -33,7 +37,7 @@ from .layers import PaperLayers
 from .monai_models import build_monai
 from .unet import UNet
 
-__all__ = ["MODELS", "build_model", "PaperLayers", "UNet", "FCN", "DeepLabV3Plus"]
+__all__ = ["MODELS", "VOLUME_MODELS", "build_model", "PaperLayers", "UNet", "FCN", "DeepLabV3Plus"]
 
 
 def _paper(cls, **fixed) -> Callable[..., nn.Module]:
@@ -58,11 +62,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3plus_resnet": _paper(DeepLabV3Plus, backbone="resnet"),
     "monai.BasicUNet": _monai("BasicUNet"),
     "monai.UNet": _monai("UNet"),
+    "monai.DynUNet": _monai("DynUNet"),
 }
+VOLUME_MODELS = ("unet", "monai.BasicUNet", "monai.UNet", "monai.DynUNet")
 
 
 def build_model(name: str, in_channels: int = 3, num_classes: int = 2, width: int | None = None,
-                **options) -> nn.Module:
+                spatial_dims: int = 2, **options) -> nn.Module:
     """The model called `name` (see MODELS; or monai.<ClassName> with paper_layers=...).
 
     Args:
@@ -70,6 +76,7 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 2, width: in
         in_channels, num_classes: image channels and classes (logit maps).
         width: channels of the first encoder stage (None: the model's default, 64 for the
             paper's models).
+        spatial_dims: 2 (images) or 3 (volumes: unet and the MONAI networks).
         **options: passed to the model's constructor (e.g. FCN's fc_channels, DeepLabV3+'s
             middle_blocks, MONAI's own arguments, paper_layers for MONAI networks).
 
@@ -87,4 +94,10 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 2, width: in
     if builder is None:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}, "
                          f"or monai.<ClassName> with paper_layers=PaperLayers(...)")
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    if spatial_dims == 3:
+        if not (name in VOLUME_MODELS or name.startswith("monai.")):
+            raise ValueError(f"{name} is a 2-D model; for volumes use {', '.join(VOLUME_MODELS)}")
+        options["spatial_dims"] = 3
     return builder(in_channels, num_classes, width, **options)

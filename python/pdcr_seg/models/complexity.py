@@ -26,7 +26,7 @@ def model_complexity(model: nn.Module, input_shape: Sequence[int]) -> dict[str, 
         model: the model; it runs in eval mode under no_grad, and its training mode is restored.
             It may live on the meta device (build it under ``with torch.device("meta")``): the
             count needs no data, and nothing is computed.
-        input_shape: (C, H, W) (one image) or (B, C, H, W).
+        input_shape: (C, H, W) (one image), (B, C, H, W), or (B, C, D, H, W) for a volume.
 
     Returns:
         dict(parameters=int (every parameter, attached plug-ins included), flops=int,
@@ -35,8 +35,8 @@ def model_complexity(model: nn.Module, input_shape: Sequence[int]) -> dict[str, 
     shape = tuple(int(v) for v in input_shape)
     if len(shape) == 3:
         shape = (1,) + shape
-    if len(shape) != 4:
-        raise ValueError(f"input_shape must be (C, H, W) or (B, C, H, W), got {tuple(input_shape)}")
+    if len(shape) not in (4, 5):
+        raise ValueError(f"input_shape must be (C, H, W), (B, C, H, W) or (B, C, D, H, W), got {tuple(input_shape)}")
     parameter = next(model.parameters(), None)
     x = torch.zeros(shape, device=parameter.device if parameter is not None else "cpu",
                     dtype=parameter.dtype if parameter is not None else torch.float32)

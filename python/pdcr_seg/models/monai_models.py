@@ -23,8 +23,15 @@ decoder stages, read from their module names, so that PDCR and UAFR can attach t
 
   MONAI's first down layer already has stride 2: encoder stage k is at stride 2^k.
 
-Any other ``monai.<ClassName>`` of monai.networks.nets is built with spatial_dims=2, in_channels,
-out_channels and the options, but only when ``paper_layers=PaperLayers(...)`` names its stages.
+* ``monai.DynUNet``, the nnU-Net architecture (the paper's 3-D backbone): filters (w, 2w, 4w, 8w,
+  8w) with w = width (default 32, nnU-Net's), 3x3(x3) kernels, strides planned from the training
+  patch as nnU-Net does (halve each axis while it keeps >= 4 voxels, at most 5 stages; (1, 2, 2,
+  2, 2) without a patch size); stages ``input_block``, ``downsamples.0``.., ``bottleneck``
+  (encoder) and ``upsamples.0``.. (decoder, deepest first).
+
+Each builder takes ``spatial_dims`` (2 by default, 3 for volumes). Any other ``monai.<ClassName>``
+of monai.networks.nets is built with spatial_dims, in_channels, out_channels and the options, but
+only when ``paper_layers=PaperLayers(...)`` names its stages.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from torch import nn
 
 from .layers import PaperLayers
 
-KNOWN = ("BasicUNet", "UNet")  # classes whose stage names are derived here
+KNOWN = ("BasicUNet", "UNet", "DynUNet")  # classes whose stage names are derived here
 
 
 def _paper_layers(encoder: list[str], decoder: list[str]) -> PaperLayers:
@@ -43,12 +50,13 @@ def _paper_layers(encoder: list[str], decoder: list[str]) -> PaperLayers:
                        cross=((pdcr[0], pdcr[1]),) if len(pdcr) >= 2 else ())
 
 
-def basic_unet(in_channels: int, num_classes: int, width: int | None = None, **options) -> nn.Module:
+def basic_unet(in_channels: int, num_classes: int, width: int | None = None, spatial_dims: int = 2,
+               **options) -> nn.Module:
     from monai.networks.nets import BasicUNet
 
     if width is not None and "features" not in options:
         options["features"] = tuple(max(1, round(f * width / 32)) for f in (32, 32, 64, 128, 256, 32))
-    model = BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, **options)
+    model = BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, **options)
     model.paper_layers = _paper_layers(
         ["conv_0", "down_1", "down_2", "down_3", "down_4"],
         ["upcat_4", "upcat_3", "upcat_2", "upcat_1"])
@@ -70,14 +78,50 @@ def unet_stage_names(model: nn.Module) -> tuple[list[str], list[str]]:
     return encoder, ups[1:][::-1]
 
 
-def monai_unet(in_channels: int, num_classes: int, width: int | None = None, **options) -> nn.Module:
+def monai_unet(in_channels: int, num_classes: int, width: int | None = None, spatial_dims: int = 2,
+               **options) -> nn.Module:
     from monai.networks.nets import UNet
 
     w = 64 if width is None else width
     options.setdefault("channels", tuple(w * 2**i for i in range(5)))
     options.setdefault("strides", (2,) * (len(options["channels"]) - 1))
-    model = UNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, **options)
+    model = UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, **options)
     model.paper_layers = _paper_layers(*unet_stage_names(model))
+    return model
+
+
+def plan_strides(input_size, levels: int = 5, smallest: int = 4) -> list:
+    """nnU-Net's rule for a patch: halve every axis that stays >= `smallest` voxels, level by
+    level (anisotropic strides where an axis is short), at most `levels` stages."""
+    size, strides = list(input_size), [1]
+    while len(strides) < levels:
+        step = [2 if s // 2 >= smallest else 1 for s in size]
+        if all(v == 1 for v in step):
+            break
+        size = [s // v for s, v in zip(size, step)]
+        strides.append(step if len(set(step)) > 1 else step[0])
+    return strides
+
+
+def dyn_unet(in_channels: int, num_classes: int, width: int | None = None, spatial_dims: int = 2,
+             input_size=None, **options) -> nn.Module:
+    """MONAI's DynUNet, the nnU-Net architecture: one stage per stride; the strides planned from
+    `input_size` (the training patch) as nnU-Net does, unless given."""
+    from monai.networks.nets import DynUNet
+
+    w = 32 if width is None else width
+    default = plan_strides(input_size) if input_size is not None else (1, 2, 2, 2, 2)
+    strides = list(options.pop("strides", default))
+    filters = [min(w * 2**i, 8 * w) for i in range(len(strides))]  # nnU-Net caps the widths
+    options.setdefault("kernel_size", [3] * len(strides))
+    options.setdefault("upsample_kernel_size", strides[1:])
+    options.setdefault("filters", filters)
+    model = DynUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
+                    strides=strides, **options)
+    levels = len(strides)
+    encoder = ["input_block"] + [f"downsamples.{i}" for i in range(levels - 2)] + ["bottleneck"]
+    decoder = [f"upsamples.{i}" for i in range(levels - 1)]
+    model.paper_layers = _paper_layers(encoder, decoder)
     return model
 
 
@@ -91,7 +135,10 @@ def build_monai(class_name: str, in_channels: int, num_classes: int, width: int 
     import monai.networks.nets as nets
 
     paper_layers = options.pop("paper_layers", None)
-    builder = {"BasicUNet": basic_unet, "UNet": monai_unet}.get(class_name)
+    input_size = options.pop("input_size", None)
+    if class_name == "DynUNet":
+        options["input_size"] = input_size
+    builder = {"BasicUNet": basic_unet, "UNet": monai_unet, "DynUNet": dyn_unet}.get(class_name)
     if builder is not None:
         model = builder(in_channels, num_classes, width, **options)
     else:

@@ -4,7 +4,8 @@ Ronneberger et al.'s encoder-decoder with the variant that has 17.3 M parameters
 channels and 2 classes: bilinear upsampling instead of transposed convolutions, and the deepest
 stage and every decoder stage at half width, so that the concatenated skip and the upsampled
 map have equal channels. Stages are named ``enc1``..``enc5`` and ``dec4``..``dec1`` (dec4 is the
-deepest decoder stage), the names PDCR and UAFR attach to.
+deepest decoder stage), the names PDCR and UAFR attach to. ``spatial_dims=3`` makes the same
+network of 3-D convolutions (trilinear upsampling) for volumes.
 """
 
 from __future__ import annotations
@@ -15,53 +16,65 @@ from torch import nn
 from .layers import PaperLayers
 
 
-def double_conv(c_in: int, c_out: int, c_mid: int | None = None) -> nn.Sequential:
-    """(3x3 conv, BN, ReLU) twice: the UNet stage."""
+def double_conv(c_in: int, c_out: int, c_mid: int | None = None, spatial_dims: int = 2) -> nn.Sequential:
+    """(3x3 conv, BN, ReLU) twice: the UNet stage (3x3x3 in 3-D)."""
     c_mid = c_mid or c_out
+    conv, norm = (nn.Conv2d, nn.BatchNorm2d) if spatial_dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
     return nn.Sequential(
-        nn.Conv2d(c_in, c_mid, 3, padding=1, bias=False), nn.BatchNorm2d(c_mid), nn.ReLU(inplace=True),
-        nn.Conv2d(c_mid, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        conv(c_in, c_mid, 3, padding=1, bias=False), norm(c_mid), nn.ReLU(inplace=True),
+        conv(c_mid, c_out, 3, padding=1, bias=False), norm(c_out), nn.ReLU(inplace=True),
     )
 
 
 class DecoderStage(nn.Module):
-    """Bilinear x2 upsampling of the deeper map, concatenation with the skip, a double conv."""
+    """x2 upsampling of the deeper map (bilinear / trilinear), concatenation with the skip, a
+    double conv."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, spatial_dims: int = 2):
         super().__init__()
-        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
-        self.conv = double_conv(c_in, c_out, c_in // 2)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear" if spatial_dims == 2 else "trilinear",
+                              align_corners=True)
+        self.conv = double_conv(c_in, c_out, c_in // 2, spatial_dims)
 
     def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         deep = self.up(deep)
-        # odd sizes: pad the upsampled map to the skip's size (bottom/right)
-        dy, dx = skip.shape[-2] - deep.shape[-2], skip.shape[-1] - deep.shape[-1]
-        if dy or dx:
-            deep = nn.functional.pad(deep, (dx // 2, dx - dx // 2, dy // 2, dy - dy // 2))
+        # odd sizes: pad the upsampled map to the skip's size (the far side gets the extra pixel)
+        pad = []
+        for axis in range(skip.dim() - 1, 1, -1):  # F.pad lists the last axis first
+            d = skip.shape[axis] - deep.shape[axis]
+            pad += [d // 2, d - d // 2]
+        if any(pad):
+            deep = nn.functional.pad(deep, pad)
         return self.conv(torch.cat([skip, deep], dim=1))
 
 
 class UNet(nn.Module):
-    """UNet. (B, in_channels, H, W) -> logits (B, num_classes, H, W); H, W any size.
+    """UNet. (B, in_channels, H, W) -> logits (B, num_classes, H, W); H, W any size (and
+    (B, C, D, H, W) volumes with spatial_dims=3).
 
     Args:
         in_channels, num_classes: image channels and classes.
         width: base width (64 in the paper; smaller for quick runs).
+        spatial_dims: 2 for images, 3 for volumes ((B, C, D, H, W); each axis a multiple of 16).
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 2, width: int = 64):
+    def __init__(self, in_channels: int = 3, num_classes: int = 2, width: int = 64, spatial_dims: int = 2):
         super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
         w = [width * 2**i for i in range(4)]  # 64, 128, 256, 512
-        self.enc1 = double_conv(in_channels, w[0])
-        self.enc2 = nn.Sequential(nn.MaxPool2d(2), double_conv(w[0], w[1]))
-        self.enc3 = nn.Sequential(nn.MaxPool2d(2), double_conv(w[1], w[2]))
-        self.enc4 = nn.Sequential(nn.MaxPool2d(2), double_conv(w[2], w[3]))
-        self.enc5 = nn.Sequential(nn.MaxPool2d(2), double_conv(w[3], w[3]))  # 1024 // 2
-        self.dec4 = DecoderStage(2 * w[3], w[2])
-        self.dec3 = DecoderStage(2 * w[2], w[1])
-        self.dec2 = DecoderStage(2 * w[1], w[0])
-        self.dec1 = DecoderStage(2 * w[0], w[0])
-        self.head = nn.Conv2d(w[0], num_classes, 1)
+        pool, conv = (nn.MaxPool2d, nn.Conv2d) if spatial_dims == 2 else (nn.MaxPool3d, nn.Conv3d)
+        d = spatial_dims
+        self.enc1 = double_conv(in_channels, w[0], spatial_dims=d)
+        self.enc2 = nn.Sequential(pool(2), double_conv(w[0], w[1], spatial_dims=d))
+        self.enc3 = nn.Sequential(pool(2), double_conv(w[1], w[2], spatial_dims=d))
+        self.enc4 = nn.Sequential(pool(2), double_conv(w[2], w[3], spatial_dims=d))
+        self.enc5 = nn.Sequential(pool(2), double_conv(w[3], w[3], spatial_dims=d))  # 1024 // 2
+        self.dec4 = DecoderStage(2 * w[3], w[2], d)
+        self.dec3 = DecoderStage(2 * w[2], w[1], d)
+        self.dec2 = DecoderStage(2 * w[1], w[0], d)
+        self.dec1 = DecoderStage(2 * w[0], w[0], d)
+        self.head = conv(w[0], num_classes, 1)
         self.paper_layers = PaperLayers(
             encoder=("enc1", "enc2", "enc3", "enc4", "enc5"),
             decoder=("dec4", "dec3", "dec2", "dec1"),
