@@ -52,5 +52,9 @@ log "training step (UNet width 64, B=8, 256x256, bf16 autocast)"
 timeout 120 $PY benchmarks/bench_train_step.py --device cuda --amp --out "$OUT" > "$OUT/gpu_train_step.log" 2>&1
 step_rc=$?
 tail -10 "$OUT/gpu_train_step.log"
-log "done: tests exit $tests_rc, benchmark exit $bench_rc, training step exit $step_rc"
-exit $(( tests_rc != 0 || bench_rc != 0 || step_rc != 0 ))
+log "volumes (3-D ratios, the loss at a 32^3 layer)"
+timeout 120 $PY benchmarks/bench_volumes.py --device cuda --out "$OUT" > "$OUT/gpu_volumes.log" 2>&1
+volumes_rc=$?
+tail -8 "$OUT/gpu_volumes.log"
+log "done: tests exit $tests_rc, benchmark exit $bench_rc, training step exit $step_rc, volumes exit $volumes_rc"
+exit $(( tests_rc != 0 || bench_rc != 0 || step_rc != 0 || volumes_rc != 0 ))
