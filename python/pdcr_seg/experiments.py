@@ -2,8 +2,8 @@
 figures (benchmarks/results/experiments.md, experiments.json, ablation.png, limited_data.png,
 embedding.png, uncertainty.png).
 
-A plan (YAML, or the built-in ones below) has shared settings and studies; a study crosses its data
-sets and models with arms (named settings), seeds and training fractions into runs. Each run is an
+A plan (YAML, or the built-in ones below) has shared settings (and per data set), named arms and
+studies; a study crosses its data sets and models with arms, seeds and training fractions into runs. Each run is an
 ordinary `pdcr-seg train` in its own directory; a run whose summary.json exists is done, so an
 interrupted plan resumes where it stopped. Runs go `jobs` at a time in subprocesses of one thread
 each (two small models on two cores outrun one model on two).
@@ -38,8 +38,9 @@ METRICS = ("dice", "jaccard", "accuracy", "hd95")
 CPU_PLAN = {
     "name": "cpu",
     "jobs": 2,
-    "settings": {"model": "unet", "width": 8, "image_size": 64, "batch_size": 8, "epochs": 6,
-                 "overlays": 0},
+    "settings": {"model": "unet", "width": 8, "image_size": 64, "batch_size": 8, "overlays": 0},
+    # about 300 steps either way: 441 overlapping nuclei tiles, 96 synthetic images
+    "data_settings": {"nuclei": {"epochs": 6}, "synthetic": {"epochs": 25}},
     "seeds": [0, 1, 2],
     "arms": {
         "baseline": {},
@@ -48,6 +49,7 @@ CPU_PLAN = {
         "UAFR": {"uafr": True},
         "H-PDCR + UAFR": {"pdcr": True, "uafr": True},
         "H-PDCR dense": {"pdcr": True, "pdcr_dense": True},
+        "H-PDCR w=0.001": {"pdcr": True, "pdcr_weight": 0.001},
     },
     "studies": [
         {"name": "ablation", "data": ["nuclei", "synthetic"],
@@ -57,12 +59,15 @@ CPU_PLAN = {
         {"name": "limited_data", "data": ["synthetic"], "arms": ["baseline", "H-PDCR + UAFR"],
          "fractions": [0.1, 0.25, 0.5, 1.0]},
         {"name": "dense", "data": ["nuclei"], "arms": ["H-PDCR", "H-PDCR dense"]},
+        # the paper's weight (0.01 on eq. 12's sums) and ten times less
+        {"name": "weight", "data": ["nuclei", "synthetic"], "arms": ["baseline", "H-PDCR", "H-PDCR w=0.001"]},
     ],
 }
 PAPER_PLAN = copy.deepcopy(CPU_PLAN)
 PAPER_PLAN.update(name="paper", jobs=1)
 PAPER_PLAN["settings"] = {"model": "unet", "width": 64, "image_size": 512, "batch_size": 8, "epochs": 300,
                           "overlays": 4, "amp": True}
+PAPER_PLAN["data_settings"] = {}
 PAPER_PLAN["studies"][1]["settings"] = {"width": 64}
 PAPER_PLAN["seeds"] = [0, 1, 2, 3, 4]
 
@@ -108,14 +113,18 @@ def expand(plan: dict, out: Path, max_steps: int | None = None) -> list[Run]:
         for data, model, arm, seed, fraction in itertools.product(
                 study["data"], [models] if isinstance(models, str) else models, study["arms"],
                 plan["seeds"], study.get("fractions", [1.0])):
-            values = {**plan.get("settings", {}), **study.get("settings", {}), **plan["arms"][arm],
+            values = {**plan.get("settings", {}), **plan.get("data_settings", {}).get(data, {}),
+                      **study.get("settings", {}), **plan["arms"][arm],
                       "data": data, "model": model, "seed": seed, "fraction": fraction}
             if max_steps is not None:
                 values["max_steps"] = max_steps
             config = from_dict(values)
             run = Run(study["name"], data, model, arm, seed, fraction, config)
             run.config.out = str(out / run.key)
-            runs.setdefault(run.key, run)
+            known = runs.setdefault(run.key, run)
+            if known.config != run.config:  # the same data, model, arm, seed, fraction: one run
+                raise ConfigError(f"studies {known.study} and {run.study} both define run {run.key} "
+                                  "with different settings; give one of them another arm name")
     return list(runs.values())
 
 
@@ -244,7 +253,10 @@ def markdown(plan: dict, rows: list[dict], tables: dict) -> str:
         f"# Experiments ({plan.get('name', 'plan')} plan)",
         "",
         f"Settings shared by every run: model {s.get('model')} width {s.get('width')}, {s.get('image_size')} px "
-        f"tiles, batch {s.get('batch_size')}, {s.get('epochs')} epochs, Adam lr {s.get('lr', 1e-3)}, cosine "
+        f"tiles, batch {s.get('batch_size')}, "
+        + (f"{s['epochs']} epochs" if "epochs" in s else ", ".join(
+            f"{v.get('epochs')} epochs on {k}" for k, v in plan.get("data_settings", {}).items()))
+        + f", Adam lr {s.get('lr', 1e-3)}, cosine "
         f"schedule, weight decay {s.get('weight_decay', 1e-5)}, the paper's augmentation, PDCR weight "
         f"{s.get('pdcr_weight', 0.01)} on eq. 12 (pairs summed); seeds {plan['seeds']}. Test metrics of the "
         "best validation epoch, mean ± sd over seeds; Δ = paired difference to the baseline of the same "
@@ -315,7 +327,7 @@ def limited_markdown(limited: dict) -> str:
     if not limited:
         return ""
     arms = [e["arm"] for e in next(iter(limited.values()))]
-    lines = ["## limited data: test Dice by fraction of the training split (limited_data.png)", "",
+    lines = ["", "## limited data: test Dice by fraction of the training split (limited_data.png)", "",
              "| data, fraction | " + " | ".join(arms) + f" | Δ {arms[-1]} |", "|---" * (len(arms) + 2) + "|"]
     for key, table in limited.items():
         by_arm = {e["arm"]: e for e in table}
