@@ -68,25 +68,37 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-def _output_shapes(model: nn.Module, names, example_input):
-    """Shapes of the named modules' outputs on one forward of example_input (no grad, eval)."""
-    modules = dict(model.named_modules())
-    shapes, hooks = {}, []
-    for name in names:
-        hooks.append(modules[name].register_forward_hook(
-            lambda mod, inp, out, name=name: shapes.setdefault(name, out)))
+def _dry_run(model: nn.Module, example_input: torch.Tensor, record) -> None:
+    """One forward of example_input (eval mode, no grad, training mode restored) calling
+    record(name, module, output) for the output of every named module."""
+    def hook(name):
+        def call(module, inputs, output):
+            record(name, module, output)  # returns None: the output is left as it is
+        return call
+
+    hooks = [module.register_forward_hook(hook(name)) for name, module in model.named_modules() if name]
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
             model(example_input)
     finally:
-        for hook in hooks:
-            hook.remove()
+        for h in hooks:
+            h.remove()
         model.train(was_training)
+
+
+def _output_shapes(model: nn.Module, names, example_input):
+    """Shapes of the named modules' outputs on one forward of example_input (no grad, eval)."""
+    outputs = {}
+
+    def keep(name, module, output):
+        outputs.setdefault(name, output)
+
+    _dry_run(model, example_input, keep)
     result = {}
     for name in names:
-        out = shapes.get(name)
+        out = outputs.get(name)
         if not isinstance(out, torch.Tensor) or out.dim() != example_input.dim():
             got = "no output" if out is None else (tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__)
             raise ValueError(f"layer {name!r} must output a {_shape_doc(example_input.dim())} tensor, got {got}")
@@ -131,22 +143,11 @@ def list_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> 
     example_input = _example_input(model, example_input)
     found: dict[str, LayerInfo] = {}
 
-    def record(name):
-        def hook(module, inputs, output):
-            if isinstance(output, torch.Tensor) and output.dim() == example_input.dim() and name not in found:
-                found[name] = LayerInfo(name, type(module).__name__, tuple(output.shape))
-        return hook
+    def record(name, module, output):
+        if isinstance(output, torch.Tensor) and output.dim() == example_input.dim() and name not in found:
+            found[name] = LayerInfo(name, type(module).__name__, tuple(output.shape))
 
-    hooks = [module.register_forward_hook(record(name)) for name, module in model.named_modules() if name]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
+    _dry_run(model, example_input, record)
     return list(found.values())
 
 

@@ -31,6 +31,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for tests of small models: on the 2-core machine a second thread only
+    adds contention (MONAI's tiny affine matmuls and small convolutions crawl when threads fight)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def cpu_isa():
     """Restores the CPU kernels' instruction set after a test that changes it."""
     from pdcr_ext import _C

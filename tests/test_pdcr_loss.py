@@ -144,19 +144,14 @@ def test_stored_case_is_unchanged():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent / "data"))
-    from make_pdcr_loss_case import OUT, case_inputs
+    from make_pdcr_loss_case import OUT, case_inputs, case_loss
 
     case = torch.load(OUT)
     features, labels = case_inputs()
     for stored, fresh in zip(case["features"], features):
         assert torch.equal(stored, fresh)
     for mode in ("hierarchical", "receptive_field"):
-        kwargs = dict(samples=(40, 20), weight=1.0, reduction="none", pair_reduction="mean")
-        if mode == "hierarchical":
-            kwargs.update(cross_layers=[(0, 1)], in_channels=[6, 10])
-        else:
-            kwargs.update(mode=mode, receptive_fields=[(9, 4, -3), (21, 8, -7)])
-        module = pdcr_ext.PDCRLoss(3, **kwargs).double()
+        module = case_loss(mode, pair_reduction="mean")  # the default when the case was stored
         if mode == "hierarchical":
             module.load_state_dict(case["state"])
         feats = [f.clone().requires_grad_() for f in features]

@@ -14,13 +14,7 @@ TINY = ["--data", "synthetic", "--fraction", "0.1", "--model", "unet", "--width"
         "--batch-size", "4", "--overlays", "2", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: two threads on this 2-core machine only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,7 @@ NAMES = list(MODELS)
 WIDTH = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These small convolutions run 10-50x slower on 2 threads of a busy 2-core machine (threads
-    waiting on each other) than on one; the setting is restored for the other test files."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(name, in_channels=3, num_classes=2):

@@ -14,12 +14,7 @@ TINY_3D = ["--dims", "3", "--width", "4", "--patch-size", "16", "16", "16", "--b
            "--samples-per-epoch", "4", "--overlays", "1", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_nuclei_volume_split_by_region():

@@ -12,12 +12,7 @@ import pdcr_ext
 import pdcr_reference as ref
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small 3-D convolutions: a second thread only adds contention here
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Small3D(nn.Module):

@@ -23,20 +23,24 @@ def case_inputs():
     return features, labels
 
 
+def case_loss(mode: str, **extra) -> pdcr_ext.PDCRLoss:
+    """The stored case's PDCRLoss of one mode (extra: settings whose defaults changed since)."""
+    kwargs = dict(samples=(40, 20), weight=1.0, reduction="none", **extra)
+    if mode == "hierarchical":
+        kwargs.update(cross_layers=[(0, 1)], in_channels=[6, 10])
+    else:
+        kwargs.update(mode=mode, receptive_fields=[(9, 4, -3), (21, 8, -7)])
+    return pdcr_ext.PDCRLoss(3, **kwargs).double()
+
+
 def main():
     features, labels = case_inputs()
     torch.manual_seed(0)
-    loss = pdcr_ext.PDCRLoss(3, samples=(40, 20), cross_layers=[(0, 1)], in_channels=[6, 10],
-                             weight=1.0, reduction="none").double()
-    state = {k: v.clone() for k, v in loss.state_dict().items()}
+    # pair_reduction="mean" was the default of commit 77093d8
+    state = {k: v.clone() for k, v in case_loss("hierarchical", pair_reduction="mean").state_dict().items()}
     out = {"state": state, "features": features, "labels": labels}
     for mode in ("hierarchical", "receptive_field"):
-        kwargs = dict(samples=(40, 20), weight=1.0, reduction="none")
-        if mode == "hierarchical":
-            kwargs.update(cross_layers=[(0, 1)], in_channels=[6, 10])
-        else:
-            kwargs.update(mode=mode, receptive_fields=[(9, 4, -3), (21, 8, -7)])
-        module = pdcr_ext.PDCRLoss(3, **kwargs).double()
+        module = case_loss(mode, pair_reduction="mean")
         if mode == "hierarchical":
             module.load_state_dict(state)
         feats = [f.clone().requires_grad_() for f in features]
