@@ -137,8 +137,8 @@ class PDCRLoss(nn.Module):
             self.projections[str(layer)] = nn.Conv2d(self.in_channels[layer], projection_channels, 1)
         if position_encoding is True:
             position_encoding = "normalized"
-        if position_encoding is not False and position_encoding is not None:
-            _checks.choice("position_encoding", position_encoding, POSITION_ENCODINGS + (False,))
+        if position_encoding not in (False, None):
+            _checks.choice("position_encoding", position_encoding, POSITION_ENCODINGS)
         self.position_encoding = position_encoding or None
         self.tau = _checks.tau(tau)
         self.weight = float(weight)

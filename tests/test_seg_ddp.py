@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +33,7 @@ loss.backward()
 grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 everyone, losses = [None, None], [None, None]
 dist.all_gather_object(everyone, grads)
-dist.all_gather_object(losses, float(loss))
+dist.all_gather_object(losses, float(loss.detach()))
 if rank == 0:
     a, b = everyone
     report = {
@@ -45,6 +44,7 @@ if rank == 0:
         "losses": losses,
     }
     json.dump(report, open(sys.argv[1], "w"))
+dist.barrier()  # as pdcr_seg's teardown: gloo can abort a rank whose peer tears down first
 dist.destroy_process_group()
 """
 

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from pdcr_seg.cli import main
 from pdcr_seg.data import DataError, build_datasets

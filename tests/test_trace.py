@@ -10,15 +10,17 @@ from test_geometry import VGG16_POOL5
 
 
 def probe_extent(model, layer, input_shape, position):
-    """Bounding box of the input pixels that reach one output position of `layer`: backward of a
-    one-hot gradient with every weight set positive (so no path cancels another)."""
+    """Bounding box (lo per axis, hi per axis) of the input pixels (voxels) that reach one output
+    position of `layer`, 2-D or 3-D: backward of a one-hot gradient with every weight set positive
+    (so no path cancels another). Also returns the layer's output size."""
     import copy
 
     model = copy.deepcopy(model).double().eval()
     for name, module in list(model.named_modules()):  # max pooling passes one pixel back: use the
         for child_name, child in list(module.named_children()):  # whole window (same geometry)
-            if isinstance(child, nn.MaxPool2d) and child.dilation == 1:
-                setattr(module, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+            if isinstance(child, (nn.MaxPool2d, nn.MaxPool3d)) and child.dilation == 1:
+                average = nn.AvgPool2d if isinstance(child, nn.MaxPool2d) else nn.AvgPool3d
+                setattr(module, child_name, average(child.kernel_size, child.stride, child.padding))
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(0.1)
@@ -29,10 +31,10 @@ def probe_extent(model, layer, input_shape, position):
     handle.remove()
     out = captured["out"]
     seed = torch.zeros_like(out)
-    seed[0, :, position[0], position[1]] = 1
+    seed[(0, slice(None)) + tuple(position)] = 1
     out.backward(seed)
-    ys, xs = torch.nonzero(x.grad[0].abs().sum(0), as_tuple=True)
-    return (int(ys.min()), int(xs.min()), int(ys.max()), int(xs.max())), out.shape[-2:]
+    reached = torch.nonzero(x.grad[0].abs().sum(0))
+    return tuple(reached.min(0).values.tolist()) + tuple(reached.max(0).values.tolist()), out.shape[2:]
 
 
 def vgg16_features():

@@ -10,6 +10,7 @@ from torch import nn
 
 import pdcr_ext
 import pdcr_reference as ref
+from test_trace import probe_extent
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,32 +30,6 @@ class Small3D(nn.Module):
         return self.stage2(self.stage1(x))
 
 
-def probe_box_3d(model, layer, shape, position):
-    """Bounding box of the input voxels reaching one output position: a one-hot gradient through
-    the stack with positive weights (pools as average pools)."""
-    import copy
-
-    model = copy.deepcopy(model).double().eval()
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.MaxPool3d):
-                setattr(module, name, nn.AvgPool3d(child.kernel_size, child.stride, child.padding))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.fill_(0.1)
-    captured = {}
-    hook = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: captured.setdefault("o", o))
-    x = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
-    model(x)
-    hook.remove()
-    out = captured["o"]
-    seed = torch.zeros_like(out)
-    seed[(0, slice(None)) + tuple(position)] = 1
-    out.backward(seed)
-    nz = torch.nonzero(x.grad[0].abs().sum(0))
-    return tuple(nz.min(0).values.tolist()) + tuple(nz.max(0).values.tolist()), out.shape[2:]
-
-
 def test_traced_3d_receptive_fields_match_the_gradient_probe():
     model = Small3D()
     shape = (1, 1, 20, 24, 28)
@@ -63,13 +38,13 @@ def test_traced_3d_receptive_fields_match_the_gradient_probe():
         [nn.Conv3d(1, 1, 3, padding=1), nn.MaxPool3d((1, 2, 2)),
          nn.Conv3d(1, 1, (3, 5, 3), stride=(2, 1, 1), padding=(1, 2, 0), dilation=(1, 1, 2)),
          nn.AvgPool3d(2, padding=1)])
-    _, size = probe_box_3d(model, "stage2", shape, (0, 0, 0))
+    _, size = probe_extent(model, "stage2", shape, (0, 0, 0))
     checked = 0
     for position in [(d, h, w) for d in range(size[0]) for h in range(size[1]) for w in range(size[2])]:
         box = pdcr_ext.rf_boxes(rf, torch.tensor([position]))[0].tolist()
         if min(box[:3]) < 0 or box[3] >= shape[2] or box[4] >= shape[3] or box[5] >= shape[4]:
             continue
-        assert probe_box_3d(model, "stage2", shape, position)[0] == tuple(box), position
+        assert probe_extent(model, "stage2", shape, position)[0] == tuple(box), position
         checked += 1
         if checked == 6:
             break
