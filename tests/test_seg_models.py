@@ -148,6 +148,19 @@ def test_complexity_counts_multiply_adds():
     assert "unet" in table and "GMACs @ 3x64x96" in table and f"{result['parameters'] / 1e6:.2f}" in table
 
 
+def test_models_table_shows_both_uafr_heads():
+    """`pdcr-seg models`: UAFR's cost with the default head (the authors' 16 hidden channels) and
+    the wide one (min(C, 64)), each against the model alone."""
+    from pdcr_seg.models.complexity import paper_table
+
+    lines = paper_table(["unet"], input_shape=(3, 64, 64), width=WIDTH).splitlines()
+    assert "+UAFR (16) GMACs" in lines[0] and "+UAFR (wide) GMACs" in lines[0]
+    cells = lines[2].split()
+    assert cells[0] == "unet"
+    base, narrow, wide = float(cells[1]), float(cells[3]), float(cells[5])
+    assert base < narrow < wide  # width 8: C <= 64 everywhere, so wide is min(C, 64) = C > 16 deeper
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_receptive_fields_of_pdcr_layers_can_be_traced(name):
     """RF-PDCR (the paper's encoder mode) needs the fields of the PDCR layers traced."""
