@@ -80,10 +80,32 @@ def test_parameters_at_width_64_match_table_iv(name, expected):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_pdcr_presets(name):
+    """--pdcr is the paper's main setting (Section V-A): encoder stages 2-4, every decoder stage,
+    the pair (2, 3), N = 128, 64, 32 then 8; the "encoder" preset leaves the decoder out."""
+    from pdcr_seg.config import TrainConfig
+    from pdcr_seg.methods import pdcr_layers, samples
+
+    pl = small(name).paper_layers
+    assert pl.pdcr_layers("paper") == pl.pdcr + pl.decoder and pl.pdcr_layers("encoder") == pl.pdcr
+    with pytest.raises(ValueError, match="preset"):
+        pl.pdcr_layers("decoder")
+    model = small(name)
+    layers, cross = pdcr_layers(model, TrainConfig(model=name, pdcr=True))
+    assert layers == list(pl.pdcr + pl.decoder) and cross == list(pl.cross)
+    assert samples(layers, TrainConfig()) == (128, 64, 32) + (8,) * len(pl.decoder)
+    assert samples(layers, TrainConfig(pdcr_samples=[16, 8, 4])) == (16, 8) + (4,) * (1 + len(pl.decoder))
+    assert pdcr_layers(model, TrainConfig(model=name, pdcr=True, pdcr_preset="encoder")) == (list(pl.pdcr), list(pl.cross))
+    assert samples(list(pl.pdcr), TrainConfig()) == (128, 64, 32)
+    # RF-PDCR is an encoder method: the paper preset gives encoder stages 2-4 there, no pair
+    assert pdcr_layers(model, TrainConfig(model=name, pdcr=True, pdcr_mode="receptive_field")) == (list(pl.pdcr), [])
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_attach_pdcr_uafr_and_train_step(name):
     model = small(name)
     pl = model.paper_layers
-    handle = pdcr_ext.attach(model, pdcr_layers=list(pl.pdcr), cross_layers=list(pl.cross),
+    handle = pdcr_ext.attach(model, pdcr_layers=list(pl.pdcr_layers("paper")), cross_layers=list(pl.cross),
                              uafr_layers=list(pl.uafr_layers()), num_classes=2,
                              example_input=torch.zeros(1, 3, 64, 64), samples=(16, 8, 4))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
