@@ -4,10 +4,13 @@ Arms, each on its own copy of the same model, timed in interleaved rounds (every
 arm, so that drift in the machine's speed hits them alike):
 
     baseline            cross-entropy only
-    +PDCR (native)      + H-PDCR on enc2-4 and the cross-layer pair enc2-enc3, the paper's
-                        N = 128 / 64 / 32 and patches 5 / 7 / 9, fused native kernels
+    +PDCR (native)      + H-PDCR in the paper's main setting (Section V-A): enc2-4 at N = 128 / 64
+                        / 32, the four decoder stages at N = 8, the cross-layer pair enc2-enc3
+                        (32 x 32), patches 5 / 7 / 9, fused native kernels
     +PDCR (reference)   the same loss through the pure-PyTorch reference
-    +UAFR               UAFR on every encoder and decoder stage
+    +UAFR               UAFR on every encoder and decoder stage (the default head: 16 hidden
+                        channels, the authors')
+    +UAFR (wide)        the same with the wide head (min(C, 64) hidden channels)
     +both (native)      PDCR (native) and UAFR
 
 A step is zero_grad, forward, loss, backward, optimizer step (Adam). Prints a table and writes
@@ -46,24 +49,25 @@ except ImportError:  # pragma: no cover - tqdm is in the dev requirements
     def tqdm(iterable, **_):
         return iterable
 
-ARMS = ("baseline", "+PDCR (native)", "+PDCR (reference)", "+UAFR", "+both (native)")
+ARMS = ("baseline", "+PDCR (native)", "+PDCR (reference)", "+UAFR", "+UAFR (wide)", "+both (native)")
 
 
 def build_arm(arm: str, base: torch.nn.Module, example: torch.Tensor):
     """(model, handle or None) for one arm; the model is a deep copy of `base`."""
     model = copy.deepcopy(base)
     layers = model.paper_layers
-    pdcr = arm != "baseline" and arm != "+UAFR"
-    uafr = arm in ("+UAFR", "+both (native)")
+    pdcr = "PDCR" in arm or "both" in arm
+    uafr = "UAFR" in arm or "both" in arm
     if not (pdcr or uafr):
         return model, None
     handle = pdcr_ext.attach(
         model,
-        pdcr_layers=list(layers.pdcr) if pdcr else [],
+        pdcr_layers=list(layers.pdcr_layers("paper")) if pdcr else [],
         cross_layers=list(layers.cross) if pdcr else [],
         uafr_layers=list(layers.uafr_layers()) if uafr else [],
         num_classes=2,
         example_input=example[:1],
+        uafr_options={"hidden_channels": "wide"} if "wide" in arm else None,
         backend="reference" if "reference" in arm else "auto",
     )
     return model, handle

@@ -110,7 +110,7 @@ def affinity(phi_rows: torch.Tensor, phi_cols: torch.Tensor | None = None) -> to
 
 
 def dragsaw_loss(rows: torch.Tensor, phi_rows: torch.Tensor, cols: torch.Tensor | None = None,
-                 phi_cols: torch.Tensor | None = None, *, tau: float = 0.5,
+                 phi_cols: torch.Tensor | None = None, *, tau: float = 1.0,
                  reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
     """Patch-dragsaw contrastive loss (eq. 9; one term of eq. 12), fused.
 
@@ -126,7 +126,7 @@ def dragsaw_loss(rows: torch.Tensor, phi_rows: torch.Tensor, cols: torch.Tensor 
         phi_rows: (B, P, N, M) foreground ratios of the rows' patches (P patch sizes, M classes).
         cols: (B, K, C) vectors of another layer (cross-layer term), or None for rows.
         phi_cols: (B, P, K, M) their ratios; given exactly when cols is.
-        tau: temperature > 0.
+        tau: temperature > 0 (default 1.0, the authors' released value; the paper gives none).
         reduction: "none" -> (B, P, N); "sum" -> scalar sum; "mean" -> sum / (B*P*N*K)
             (0 for an empty batch).
         backend: "auto", "native" or "reference".

@@ -16,6 +16,8 @@ from .sampling import grid_positions
 
 PAPER_SAMPLES = (128, 64, 32, 8)  # N per layer in the paper: 128, 64, 32, then 8 for the rest
 PAPER_PATCH_SIZES = (5, 7, 9)
+AUTHORS_TAU = 1.0  # the paper gives no temperature; the authors' released config: loss_temperature 1
+AUTHORS_CROSS_SAMPLES = 32  # the paper gives no cross-layer N; the authors sample 32 on each layer
 POSITION_ENCODINGS = ("normalized", "pixels")
 
 
@@ -40,20 +42,27 @@ class PDCRLoss(nn.Module):
     Cross-layer pairs (l, l') compare layer l's positions with layer l''s after a learnable 1x1
     projection of both to `projection_channels` (32 in the paper).
 
-    The value, per image b (pair_reduction="sum", the default, is eq. 12 as printed):
+    The value, per image b, with the defaults (the paper's setting, Section V-A and V-C2 (3)):
 
         L_b = weight * ( sum_l  lw_l  * T_l(b)  +  sum_(l,l')  cw_ll' * T_ll'(b) )
-        T(b) = sum_k sum_i sum_j  -log( exp(s_ij w_ij(k)/tau) / sum_n exp(s_in (1 - w_in(k))/tau) )
+        T(b) = 1/P sum_k  sum_i sum_j  -log( exp(s_ij w_ij(k)/tau) / sum_n exp(s_in (1 - w_in(k))/tau) )
 
-    summed over the P patch sizes k, the N rows i and the K columns j (K = N in a single layer).
-    pair_reduction="mean" divides each T by its P*N*K pairs instead (a value that does not grow
-    with N: useful for dense sampling, but 1 / (P N K) of the paper's at the same weight: about
-    1/49 000 at N = 128). `reduction` then combines the images: "mean" (default), "sum" or
-    "none" (shape (B,)). The paper's setting -- eq. 12 times 0.01 next to cross-entropy -- is the
-    default: pair_reduction="sum", weight=0.01, images averaged (the paper does not say how it
-    combines a batch). Note that T includes about K * log K per row that no feature can remove:
-    its minimum is not 0, and its values are large (about 210 000 for a layer of N = 128, P = 3,
-    before the weight).
+    over the P patch sizes k, the N rows i and the K columns j (K = N in a single layer). Eq. 12
+    as printed sums over k; the paper's text (Section V-C2 (3): "calculate the contrastive loss
+    for each patch pair in the series first, then average the loss") and the authors' code
+    (divided by the number of patches) average it: patch_reduction="mean" (default), "sum" the
+    printed k-sum. pair_reduction="sum" (default, eq. 12) sums the N*K pairs; "mean" divides each
+    term by them (a value that does not grow with N: useful for dense sampling, but 1 / (N K) of
+    the paper's at the same weight: 1 / 16 384 at N = 128). `reduction` then combines the images:
+    "mean" (default), "sum" or "none" (shape (B,)); the paper does not say how it combines a batch
+    (the authors' code sums it). weight=0.01 is the paper's ("we add it as a regularization to
+    cross-entropy loss with a weight of 0.01"), on every term; the authors' demo config weights
+    the encoder terms 0.1 and the decoder and cross-layer terms 0.01 (weight=0.01 with
+    layer_weights 10 on the encoder layers gives that). tau=1 is the authors' released value
+    (the paper gives none). A cross-layer pair samples `cross_samples` = 32 positions on each of
+    its two layers (the authors' 32 x 32; eq. 12 uses one N for both). Note that T includes about
+    K * log K per row that no feature can remove: its minimum is not 0, and its values are large
+    (about N^2 log N = 79 000 for a layer of N = 128, before the weight).
 
     Args:
         num_classes: M, the label values are in [0, M) (or ignore_index).
@@ -73,11 +82,15 @@ class PDCRLoss(nn.Module):
             coordinates; False: none. The box is the receptive field in RF mode and the middle
             patch of the series in hierarchical mode (the series shares its centre). Cross-layer
             vectors get it after their projection. (True means "normalized".)
-        tau: temperature of eq. 9.
+        cross_samples: N sampled on each layer of a cross-layer pair (default 32, the authors'),
+            at most the layer's h*w; None: each layer's own N from `samples`.
+        tau: temperature of eq. 9 (default 1.0, the authors' released value).
         weight: factor of the whole term (paper: 0.01 on top of cross-entropy).
         layer_weights, cross_weights: per-term factors (default 1).
         reduction: over images: "mean", "sum" or "none" (per-image values, (B,)).
-        pair_reduction: "sum" (eq. 12 as printed) or "mean" (each term divided by its pairs).
+        patch_reduction: over the patch series: "mean" (default; Section V-C2 (3), the authors'
+            code) or "sum" (eq. 12 as printed).
+        pair_reduction: "sum" (eq. 12) or "mean" (each term divided by its N*K pairs).
         jitter: draw each position uniformly inside its grid cell at every call (from
             `generator`, which must be on the features' device) instead of the cell centre.
         area: "box" (eq. 4: divide by the full patch area) or "inside" (by its in-image,
@@ -104,10 +117,11 @@ class PDCRLoss(nn.Module):
                  receptive_fields: Sequence | None = None,
                  cross_layers: Sequence[tuple[int, int]] = (),
                  in_channels: Sequence[int] | None = None, projection_channels: int = 32,
-                 position_encoding: str | bool = "normalized", tau: float = 0.5,
+                 position_encoding: str | bool = "normalized", tau: float = AUTHORS_TAU,
                  weight: float = 0.01, layer_weights: Sequence[float] | None = None,
                  cross_weights: Sequence[float] | None = None, reduction: str = "mean",
-                 pair_reduction: str = "sum", jitter: bool = False,
+                 patch_reduction: str = "mean", pair_reduction: str = "sum",
+                 cross_samples: int | None = AUTHORS_CROSS_SAMPLES, jitter: bool = False,
                  generator: torch.Generator | None = None, area: str = "box",
                  ignore_index: int | None = None, validate: bool = True,
                  layer_names: Sequence[str] | None = None, backend: str = "auto"):
@@ -148,7 +162,12 @@ class PDCRLoss(nn.Module):
             raise ValueError(f"cross_weights must give one weight per pair of cross_layers "
                              f"({len(self.cross_layers)}), got {len(self.cross_weights)}")
         self.reduction = _checks.choice("reduction", reduction, _checks.REDUCTIONS)
+        self.patch_reduction = _checks.choice("patch_reduction", patch_reduction, ("mean", "sum"))
         self.pair_reduction = _checks.choice("pair_reduction", pair_reduction, ("sum", "mean"))
+        if cross_samples is not None and (isinstance(cross_samples, bool) or not isinstance(cross_samples, int)
+                                          or cross_samples < 1):
+            raise ValueError(f"cross_samples must be None or an int >= 1, got {cross_samples!r}")
+        self.cross_samples = cross_samples
         self.jitter = bool(jitter)
         self.generator = generator
         self.area = _checks.choice("area", area, ("box", "inside"))
@@ -182,14 +201,16 @@ class PDCRLoss(nn.Module):
     def num_samples(self, layer: int) -> int:
         return self.samples[min(layer, len(self.samples) - 1)]
 
-    def _geometry(self, layer: int, feature: torch.Tensor, labels: torch.Tensor) -> LayerGeometry:
-        """Positions, patch boxes and position code of one layer; cached unless jittered."""
+    def _geometry(self, layer: int, feature: torch.Tensor, labels: torch.Tensor,
+                  samples: int | None = None) -> LayerGeometry:
+        """Positions, patch boxes and position code of one layer (N = `samples`, default the
+        layer's own); cached unless jittered."""
         size, image = tuple(feature.shape[2:]), tuple(labels.shape[1:])  # (h, w[, ...]), (H, W[, ...])
-        key = (layer, size, image, feature.device, labels.device)
+        n = min(self.num_samples(layer) if samples is None else samples, math.prod(size))
+        key = (layer, n, size, image, feature.device, labels.device)
         cacheable = not self.jitter and not torch.compiler.is_compiling()
         if cacheable and key in self._geometry_cache:
             return self._geometry_cache[key]
-        n = min(self.num_samples(layer), math.prod(size))
         positions = grid_positions(size, n, jitter=self.jitter, generator=self.generator,
                                    device=feature.device)
         if self.mode == "receptive_field":
@@ -246,8 +267,10 @@ class PDCRLoss(nn.Module):
         per_row = dragsaw_loss(rows, phi_rows, cols, phi_cols, tau=self.tau, reduction="none",
                                backend=self.backend)  # (B, P, N)
         per_image = per_row.sum(dim=(1, 2))
+        if self.patch_reduction == "mean":  # Section V-C2 (3): average over the patch series
+            per_image = per_image / max(per_row.shape[1], 1)
         if self.pair_reduction == "mean":
-            pairs = per_row.shape[1] * per_row.shape[2] * (rows if cols is None else cols).shape[1]
+            pairs = per_row.shape[2] * (rows if cols is None else cols).shape[1]
             per_image = per_image / max(pairs, 1)
         return per_image
 
@@ -281,7 +304,14 @@ class PDCRLoss(nn.Module):
             _checks.label_values(labels, self.num_classes, self.ignore_index)
 
         geometries = [self._geometry(i, f, labels) for i, f in enumerate(features)]
-        ratios = self._ratios(labels, geometries)
+        # a cross-layer pair samples cross_samples positions on each of its layers (None: their own)
+        cross_layers = sorted({i for pair in self.cross_layers for i in pair})
+        if self.cross_samples is None:
+            cross_geometries = {i: geometries[i] for i in cross_layers}
+        else:
+            cross_geometries = {i: self._geometry(i, features[i], labels, self.cross_samples) for i in cross_layers}
+        ratios = self._ratios(labels, geometries + list(cross_geometries.values()))
+        cross_ratios = dict(zip(cross_geometries, ratios[len(geometries):]))
         total = features[0].new_zeros(B, dtype=torch.float32)
         terms = {}
         for i, (feature, geometry) in enumerate(zip(features, geometries)):
@@ -289,9 +319,9 @@ class PDCRLoss(nn.Module):
             terms[self.name(i)] = term.detach().mean()
             total = total + (1.0 if self.layer_weights is None else self.layer_weights[i]) * term
         for t, (a, b) in enumerate(self.cross_layers):
-            rows = self._vectors(features[a], geometries[a], self.projections[str(a)])
-            cols = self._vectors(features[b], geometries[b], self.projections[str(b)])
-            term = self._term(rows, ratios[a], cols, ratios[b])
+            rows = self._vectors(features[a], cross_geometries[a], self.projections[str(a)])
+            cols = self._vectors(features[b], cross_geometries[b], self.projections[str(b)])
+            term = self._term(rows, cross_ratios[a], cols, cross_ratios[b])
             terms[f"{self.name(a)}~{self.name(b)}"] = term.detach().mean()
             total = total + (1.0 if self.cross_weights is None else self.cross_weights[t]) * term
         self.terms = terms

@@ -88,7 +88,8 @@ def test_parameter_counts_like_table_iv(capsys):
     uafr = sum(p.numel() for m in handle.uafr.values() for p in m.parameters())
     pdcr = sum(p.numel() for p in handle.pdcr.parameters())
     widths = [64, 128, 256, 512, 1024, 512, 256, 128, 64]
-    expected_uafr = sum(c * min(c, 64) * 9 + 2 * min(c, 64) + min(c, 64) * 2 + 2 for c in widths)
+    # the authors' head: 3x3 conv C -> 16 (no bias), BN(16), 1x1 conv 16 -> 2 (with bias)
+    expected_uafr = sum(c * 16 * 9 + 2 * 16 + 16 * 2 + 2 for c in widths)
     assert uafr == expected_uafr
     assert pdcr == (256 * 32 + 32) + (512 * 32 + 32)
     assert sum(p.numel() for p in model.parameters()) == base + uafr + pdcr

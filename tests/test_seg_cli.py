@@ -36,7 +36,8 @@ def test_train_writes_every_file(trained):
     assert [e["epoch"] for e in summary["epochs"]] == [0, 1] and summary["steps"] == 3
     for epoch in summary["epochs"]:
         assert {"train_loss", "train_seg", "train_pdcr", "train_terms", "val", "seconds_per_step"} <= set(epoch)
-        assert set(epoch["train_terms"]) == {"enc2", "enc3", "enc4", "enc2~enc3"}
+        # --pdcr: the paper's main setting, encoder stages 2-4, every decoder stage and the pair
+        assert set(epoch["train_terms"]) == {"enc2", "enc3", "enc4", "dec4", "dec3", "dec2", "dec1", "enc2~enc3"}
         assert 0 <= epoch["val"]["dice"] <= 1
     test = summary["test"]
     assert {"dice", "jaccard", "accuracy", "hd95"} <= set(test) and 0 <= test["accuracy"] <= 1

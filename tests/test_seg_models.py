@@ -80,10 +80,32 @@ def test_parameters_at_width_64_match_table_iv(name, expected):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_pdcr_presets(name):
+    """--pdcr is the paper's main setting (Section V-A): encoder stages 2-4, every decoder stage,
+    the pair (2, 3), N = 128, 64, 32 then 8; the "encoder" preset leaves the decoder out."""
+    from pdcr_seg.config import TrainConfig
+    from pdcr_seg.methods import pdcr_layers, samples
+
+    pl = small(name).paper_layers
+    assert pl.pdcr_layers("paper") == pl.pdcr + pl.decoder and pl.pdcr_layers("encoder") == pl.pdcr
+    with pytest.raises(ValueError, match="preset"):
+        pl.pdcr_layers("decoder")
+    model = small(name)
+    layers, cross = pdcr_layers(model, TrainConfig(model=name, pdcr=True))
+    assert layers == list(pl.pdcr + pl.decoder) and cross == list(pl.cross)
+    assert samples(layers, TrainConfig()) == (128, 64, 32) + (8,) * len(pl.decoder)
+    assert samples(layers, TrainConfig(pdcr_samples=[16, 8, 4])) == (16, 8) + (4,) * (1 + len(pl.decoder))
+    assert pdcr_layers(model, TrainConfig(model=name, pdcr=True, pdcr_preset="encoder")) == (list(pl.pdcr), list(pl.cross))
+    assert samples(list(pl.pdcr), TrainConfig()) == (128, 64, 32)
+    # RF-PDCR is an encoder method: the paper preset gives encoder stages 2-4 there, no pair
+    assert pdcr_layers(model, TrainConfig(model=name, pdcr=True, pdcr_mode="receptive_field")) == (list(pl.pdcr), [])
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_attach_pdcr_uafr_and_train_step(name):
     model = small(name)
     pl = model.paper_layers
-    handle = pdcr_ext.attach(model, pdcr_layers=list(pl.pdcr), cross_layers=list(pl.cross),
+    handle = pdcr_ext.attach(model, pdcr_layers=list(pl.pdcr_layers("paper")), cross_layers=list(pl.cross),
                              uafr_layers=list(pl.uafr_layers()), num_classes=2,
                              example_input=torch.zeros(1, 3, 64, 64), samples=(16, 8, 4))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -146,6 +168,19 @@ def test_complexity_counts_multiply_adds():
 
     table = format_table([{"name": "unet", **result}], (3, 64, 96))
     assert "unet" in table and "GMACs @ 3x64x96" in table and f"{result['parameters'] / 1e6:.2f}" in table
+
+
+def test_models_table_shows_both_uafr_heads():
+    """`pdcr-seg models`: UAFR's cost with the default head (the authors' 16 hidden channels) and
+    the wide one (min(C, 64)), each against the model alone."""
+    from pdcr_seg.models.complexity import paper_table
+
+    lines = paper_table(["unet"], input_shape=(3, 64, 64), width=WIDTH).splitlines()
+    assert "+UAFR (16) GMACs" in lines[0] and "+UAFR (wide) GMACs" in lines[0]
+    cells = lines[2].split()
+    assert cells[0] == "unet"
+    base, narrow, wide = float(cells[1]), float(cells[3]), float(cells[5])
+    assert base < narrow < wide  # width 8: C <= 64 everywhere, so wide is min(C, 64) = C > 16 deeper
 
 
 @pytest.mark.parametrize("name", NAMES)

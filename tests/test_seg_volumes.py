@@ -37,7 +37,8 @@ def test_3d_cli_trains_evaluates_and_writes_its_files(tmp_path):
     assert len(list((out / "overlays").glob("*.png"))) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["dims"] == 3 and summary["steps"] == 2 and summary["test"]["images"] == 1
-    assert set(summary["epochs"][0]["train_terms"]) == {"enc2", "enc3", "enc4", "enc2~enc3"}
+    assert set(summary["epochs"][0]["train_terms"]) == {"enc2", "enc3", "enc4", "dec4", "dec3", "dec2", "dec1",
+                                                          "enc2~enc3"}  # --pdcr: the paper's main setting
     assert summary["complexity"]["macs"] > 0
     assert main(["eval", "--checkpoint", str(out / "checkpoint_best.pt"), "--out", str(tmp_path / "eval"),
                  "--device", "cpu", "--overlays", "0"]) == 0
@@ -50,8 +51,10 @@ def test_dynunet_the_nnunet_backbone_through_the_cli(tmp_path):
     assert main(["train", "--data", "nuclei", "--model", "monai.DynUNet", *TINY_3D, "--patch-size", "16", "32", "32",
                  "--pdcr", "--uafr", "--epochs", "1", "--max-steps", "2", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    # nnU-Net's strides for 16 x 32 x 32: 1, 2, 2, (1, 2, 2): four stages, PDCR on stages 2-4
+    # nnU-Net's strides for 16 x 32 x 32: 1, 2, 2, (1, 2, 2): four stages, PDCR on stages 2-4 and on
+    # the three decoder stages
     assert set(summary["epochs"][0]["train_terms"]) == {"downsamples.0", "downsamples.1", "bottleneck",
+                                                          "upsamples.0", "upsamples.1", "upsamples.2",
                                                           "downsamples.0~downsamples.1"}
 
 

@@ -103,7 +103,8 @@ def test_3d_loss_is_eq9_on_the_sampled_cubes():
     box = pdcr_ext.patch_boxes(centres, 7).double()  # (z0, y0, x0, z1, y1, x1)
     code = box[:, [2, 5, 1, 4, 0, 3]] / torch.tensor([32.0, 32, 24, 24, 16, 16])  # x, y, z; normalised
     rows = torch.cat([feature[:, :, pos[:, 0], pos[:, 1], pos[:, 2]].transpose(1, 2), code.expand(2, -1, -1)], -1)
-    torch.testing.assert_close(total, ref.dragsaw_row_loss(rows, phi, rows, phi, 0.5).sum())
+    # the defaults: tau 1, the patch series averaged (Section V-C2 (3))
+    torch.testing.assert_close(total, ref.dragsaw_row_loss(rows, phi, rows, phi, 1.0).sum() / 3)
 
 
 def test_3d_cross_layer_and_receptive_field_modes_train():

@@ -50,7 +50,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                                                f"monai.BasicUNet, monai.UNet (default {d.model})")
     g.add_argument("--width", type=int, default=S, help="base width (default: the model's, 64)")
     g = p.add_argument_group("PDCR and UAFR")
-    g.add_argument("--pdcr", action="store_true", default=S, help="add PDCR (the paper's layers)")
+    g.add_argument("--pdcr", action="store_true", default=S,
+                   help="add PDCR (the paper's main setting: encoder stages 2-4, decoder stages, pair 2:3)")
+    g.add_argument("--pdcr-preset", choices=["paper", "encoder"], default=S,
+                   help="PDCR's layers: paper (default) or encoder (stages 2-4 and the pair, no decoder)")
     g.add_argument("--pdcr-mode", choices=["hierarchical", "receptive_field"], default=S)
     g.add_argument("--pdcr-weight", type=float, default=S, help=f"weight of eq. 12 (default {d.pdcr_weight})")
     g.add_argument("--pdcr-layers", nargs="+", default=S, metavar="LAYER")
@@ -58,7 +61,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="cross-layer pairs (default: encoder stages 2:3; none: give the flag alone)")
     g.add_argument("--pdcr-decoder", action="store_true", default=S, help="H-PDCR on the decoder stages too")
     g.add_argument("--pdcr-samples", nargs="+", type=int, default=S, metavar="N",
-                   help="N per layer (default 128 64 32 8 ...)")
+                   help="N per layer, the last repeating (default 128 64 32 8)")
     g.add_argument("--pdcr-dense", action="store_true", default=S, help="every position of each PDCR layer")
     g.add_argument("--pdcr-pair-reduction", choices=["sum", "mean"], default=S)
     g.add_argument("--uafr", action="store_true", default=S, help="add UAFR (every encoder and decoder stage)")

@@ -37,9 +37,10 @@ class TrainConfig:
     pdcr: bool = False
     pdcr_mode: str = "hierarchical"  # hierarchical (H-PDCR) | receptive_field (RF-PDCR)
     pdcr_weight: float = 0.01
-    pdcr_layers: list[str] | None = None  # None: the model's encoder stages 2-4
+    pdcr_preset: str = "paper"  # paper: encoder stages 2-4, decoder stages, pair (2, 3) | encoder: no decoder
+    pdcr_layers: list[str] | None = None  # None: the preset's layers of the model
     pdcr_cross: list[list[str]] | None = None  # None: stages (2, 3) in hierarchical mode; [] none
-    pdcr_decoder: bool = False  # H-PDCR on the decoder stages too
+    pdcr_decoder: bool = False  # H-PDCR on the decoder stages too (preset encoder; paper has them)
     pdcr_samples: list[int] | None = None  # N per layer; None: 128, 64, 32, then 8 (the paper)
     pdcr_dense: bool = False  # every position of each PDCR layer (N = h w), beyond the paper
     pdcr_pair_reduction: str = "sum"  # sum (eq. 12) | mean (each term over its pairs)
@@ -78,6 +79,8 @@ class TrainConfig:
         need(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         need(self.pdcr_mode in ("hierarchical", "receptive_field"),
              f"--pdcr-mode must be hierarchical or receptive_field, got {self.pdcr_mode!r}")
+        need(self.pdcr_preset in ("paper", "encoder"),
+             f"--pdcr-preset must be paper or encoder, got {self.pdcr_preset!r}")
         need(self.pdcr_pair_reduction in ("sum", "mean"),
              f"--pdcr-pair-reduction must be sum or mean, got {self.pdcr_pair_reduction!r}")
         need(not (self.pdcr_decoder and self.pdcr_mode == "receptive_field"),

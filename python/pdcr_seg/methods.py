@@ -1,9 +1,12 @@
 """PDCR and UAFR on a pdcr_seg model, from a TrainConfig: which layers, how many samples.
 
-The layer choice defaults to the paper's (the model's ``paper_layers``): PDCR on encoder stages
-2-4 with N = 128, 64, 32 and the cross-layer pair (2, 3); with ``pdcr_decoder`` also every decoder
-stage (N = 8 each: the paper's "128, 64, 32, 8, 8, 8, 8, 8"); UAFR on every encoder and decoder
-stage. ``pdcr_dense`` samples every position of each PDCR layer instead.
+The layer choice defaults to the paper's main setting (Section V-A; the model's ``paper_layers``):
+``pdcr_preset="paper"``: H-PDCR on encoder stages 2-4 with N = 128, 64, 32, on every decoder
+stage with N = 8 (the paper's "128, 64, 32, 8, 8, 8, 8, 8") and the cross-layer pair (2, 3);
+``pdcr_preset="encoder"``: encoder stages 2-4 and the pair only (``pdcr_decoder`` adds the decoder
+to it). RF-PDCR (``pdcr_mode="receptive_field"``) takes encoder stages 2-4 under either preset:
+receptive fields are an encoder's, and the paper's RF-PDCR experiments are encoder-only. UAFR on
+every encoder and decoder stage. ``pdcr_dense`` samples every position of each PDCR layer instead.
 """
 
 from __future__ import annotations
@@ -24,9 +27,14 @@ def pdcr_layers(model: nn.Module, cfg: TrainConfig) -> tuple[list[str], list[tup
     paper = getattr(model, "paper_layers", None)
     if paper is None and cfg.pdcr_layers is None:
         raise ConfigError(f"model {cfg.model} names no paper layers: give --pdcr-layers")
-    layers = list(cfg.pdcr_layers) if cfg.pdcr_layers is not None else list(paper.pdcr)
-    if cfg.pdcr_decoder and cfg.pdcr_layers is None:
-        layers += [name for name in paper.decoder if name not in layers]
+    if cfg.pdcr_layers is not None:
+        layers = list(cfg.pdcr_layers)
+    else:
+        # RF-PDCR is defined on the encoder: both presets give its stages 2-4 there
+        preset = cfg.pdcr_preset if cfg.pdcr_mode == "hierarchical" else "encoder"
+        layers = list(paper.pdcr_layers(preset))
+        if cfg.pdcr_decoder:
+            layers += [name for name in paper.decoder if name not in layers]
     if cfg.pdcr_cross is not None:
         cross = [tuple(pair) for pair in cfg.pdcr_cross]
     elif cfg.pdcr_mode == "hierarchical" and paper is not None:
@@ -46,13 +54,14 @@ def uafr_layers(model: nn.Module, cfg: TrainConfig) -> list[str]:
 
 
 def samples(layers: list[str], cfg: TrainConfig) -> tuple[int, ...]:
+    """N per PDCR layer: the given values, the last repeating (as PDCRLoss's `samples`), or the
+    paper's 128, 64, 32, then 8."""
     if cfg.pdcr_dense:
         return (DENSE,) * len(layers)
-    if cfg.pdcr_samples is not None:
-        if len(cfg.pdcr_samples) not in (1, len(layers)):
-            raise ConfigError(f"--pdcr-samples gives {len(cfg.pdcr_samples)} values for {len(layers)} layers")
-        return tuple(cfg.pdcr_samples) * (len(layers) if len(cfg.pdcr_samples) == 1 else 1)
-    return tuple(PAPER_SAMPLES[min(i, len(PAPER_SAMPLES) - 1)] for i in range(len(layers)))
+    values = PAPER_SAMPLES if cfg.pdcr_samples is None else tuple(cfg.pdcr_samples)
+    if cfg.pdcr_samples is not None and len(values) > len(layers):
+        raise ConfigError(f"--pdcr-samples gives {len(values)} values for {len(layers)} layers")
+    return tuple(values[min(i, len(values) - 1)] for i in range(len(layers)))
 
 
 def attach_methods(model: nn.Module, cfg: TrainConfig, num_classes: int,

@@ -23,6 +23,12 @@ def case_inputs():
     return features, labels
 
 
+# the settings of commit 77093d8, pinned because the defaults changed since (tau 0.5 -> 1.0, the
+# cross-layer pair from each layer's own N to 32 x 32); pair_reduction="mean" with
+# patch_reduction="mean" divides by P*N*K, as "mean" alone did then
+STORED_SETTINGS = dict(tau=0.5, patch_reduction="mean", pair_reduction="mean", cross_samples=None)
+
+
 def case_loss(mode: str, **extra) -> pdcr_ext.PDCRLoss:
     """The stored case's PDCRLoss of one mode (extra: settings whose defaults changed since)."""
     kwargs = dict(samples=(40, 20), weight=1.0, reduction="none", **extra)
@@ -36,11 +42,10 @@ def case_loss(mode: str, **extra) -> pdcr_ext.PDCRLoss:
 def main():
     features, labels = case_inputs()
     torch.manual_seed(0)
-    # pair_reduction="mean" was the default of commit 77093d8
-    state = {k: v.clone() for k, v in case_loss("hierarchical", pair_reduction="mean").state_dict().items()}
+    state = {k: v.clone() for k, v in case_loss("hierarchical", **STORED_SETTINGS).state_dict().items()}
     out = {"state": state, "features": features, "labels": labels}
     for mode in ("hierarchical", "receptive_field"):
-        module = case_loss(mode, pair_reduction="mean")
+        module = case_loss(mode, **STORED_SETTINGS)
         if mode == "hierarchical":
             module.load_state_dict(state)
         feats = [f.clone().requires_grad_() for f in features]

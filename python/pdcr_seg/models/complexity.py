@@ -57,19 +57,20 @@ def format_table(rows: Iterable[Mapping], input_shape: Sequence[int] | None = No
 
     Args:
         rows: mappings with "name", "parameters" and "macs" (model_complexity plus a name), and
-            optionally "uafr_parameters" / "uafr_macs" (the same model with UAFR attached).
+            optionally "uafr": {head name: {"parameters", "macs"}} (the same model with UAFR of
+            that head attached), the same heads in every row.
         input_shape: the input the MACs are for, shown in the header.
     """
     size = "" if input_shape is None else " @ " + "x".join(str(int(v)) for v in input_shape)
     head = ["Model", "Parameters (M)", f"GMACs{size}"]
-    with_uafr = all("uafr_parameters" in r for r in rows)
-    if with_uafr:
-        head += ["+UAFR parameters (M)", "+UAFR GMACs"]
+    heads = list(rows[0].get("uafr", {})) if rows else []
+    for name in heads:
+        head += [f"+UAFR {name} parameters (M)", f"+UAFR {name} GMACs"]
     body = []
     for r in rows:
         line = [str(r["name"]), f"{r['parameters'] / 1e6:.2f}", f"{r['macs'] / 1e9:.1f}"]
-        if with_uafr:
-            line += [f"{r['uafr_parameters'] / 1e6:.2f}", f"{r['uafr_macs'] / 1e9:.1f}"]
+        for name in heads:
+            line += [f"{r['uafr'][name]['parameters'] / 1e6:.2f}", f"{r['uafr'][name]['macs'] / 1e9:.1f}"]
         body.append(line)
     widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
     fmt = lambda line: "  ".join(  # noqa: E731
@@ -78,10 +79,15 @@ def format_table(rows: Iterable[Mapping], input_shape: Sequence[int] | None = No
     return "\n".join([fmt(head), rule] + [fmt(line) for line in body])
 
 
+# UAFR heads the table compares: the default (the authors' 16 hidden channels) and "wide" (min(C, 64))
+UAFR_HEADS = {"(16)": 16, "(wide)": "wide"}
+
+
 def paper_table(names: Sequence[str] | None = None, input_shape=(3, 384, 512), num_classes: int = 2,
                 width: int | None = None, uafr: bool = True) -> str:
     """format_table of the given models (default: every name of MODELS), built on the meta device,
-    with and without UAFR on their paper layers (PDCR adds no inference cost)."""
+    without UAFR and with UAFR on their paper layers, once per head of UAFR_HEADS (PDCR adds no
+    inference cost)."""
     import pdcr_ext
 
     from . import MODELS, build_model
@@ -92,11 +98,15 @@ def paper_table(names: Sequence[str] | None = None, input_shape=(3, 384, 512), n
             model = build_model(name, in_channels=input_shape[0], num_classes=num_classes, width=width)
         row = {"name": name, **model_complexity(model, input_shape)}
         if uafr:
-            with torch.device("meta"):
-                pdcr_ext.attach(model, uafr_layers=list(model.paper_layers.uafr_layers()), num_classes=num_classes,
-                                example_input=torch.zeros(2, input_shape[0], 64, 64))
-            with_uafr = model_complexity(model, input_shape)
-            row.update(uafr_parameters=with_uafr["parameters"], uafr_macs=with_uafr["macs"])
+            row["uafr"] = {}
+            for head, hidden in UAFR_HEADS.items():
+                with torch.device("meta"):
+                    model = build_model(name, in_channels=input_shape[0], num_classes=num_classes, width=width)
+                    pdcr_ext.attach(model, uafr_layers=list(model.paper_layers.uafr_layers()),
+                                    num_classes=num_classes, uafr_options={"hidden_channels": hidden},
+                                    example_input=torch.zeros(2, input_shape[0], 64, 64))
+                with_uafr = model_complexity(model, input_shape)
+                row["uafr"][head] = {"parameters": with_uafr["parameters"], "macs": with_uafr["macs"]}
         rows.append(row)
     return format_table(rows, input_shape)
 
