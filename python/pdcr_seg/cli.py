@@ -35,7 +35,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=S, metavar="FILE.yaml", help="settings; the command line overrides them")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=S, help=f"synthetic, nuclei, lung-ct (CT of 4 patients, licence CC BY-NC 3.0: "
-                                              f"non-commercial use only) or folder:PATH (default {d.data})")
+                                              f"non-commercial use only), bacteria or folder:PATH (default {d.data})")
     g.add_argument("--fold", type=int, default=S, help="lung-ct: test patient 0-3, validation the next (default 0)")
     g.add_argument("--dims", type=int, choices=[2, 3], default=S, help="2: images (default); 3: volumes")
     g.add_argument("--image-size", type=int, default=S, help=f"side of the square tiles (default {d.image_size})")

