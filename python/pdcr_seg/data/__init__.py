@@ -1,11 +1,12 @@
-"""Segmentation data: a synthetic set, a real nuclei image, and folders of images with masks.
+"""Segmentation data: a synthetic set, real nuclei, lung CT and bacteria, and folders of images with masks.
 
 ``build_datasets(spec, ...)`` returns a ``DataBundle`` of train / val / test datasets whose items
 are dicts (MONAI's channel-first convention)::
 
     {"image": float32 tensor (C, H, W), "label": int64 tensor (1, H, W), "name": str}
 
-with H = W = ``image_size`` and label values in 0..num_classes-1. Specs:
+with H = W = ``image_size`` (but bacteria's validation and test items: whole 704 x 1024 frames;
+volumes with ``dims=3``: (C, D, H, W)) and label values in 0..num_classes-1. Specs:
 
 - ``"synthetic"``: lesion-like shapes with ambiguous boundaries (``synthetic.py``).
 - ``"nuclei"``: the 2018 Data Science Bowl image shipped with stardist, split by region
