@@ -13,7 +13,7 @@ import pytest
 from pdcr_seg.cli import main
 from pdcr_seg.data import DataError, DataUnavailable, build_datasets
 from pdcr_seg.data import bacteria
-from pdcr_seg.data.bacteria import FIELD, FRAMES
+from pdcr_seg.data.bacteria import FIELD
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
