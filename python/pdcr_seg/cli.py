@@ -124,7 +124,7 @@ def cmd_eval(args) -> int:
     data = args.data or cfg.data
     bundle = build_datasets(data, image_size=cfg.image_size, seed=cfg.seed, augment=False,
                             num_classes=state["data"]["num_classes"], dims=cfg.dims, patch_size=cfg.patch_size,
-                            fold=cfg.fold)
+                            fold=cfg.fold if data == cfg.data else 0)  # the run's fold, on its data
     if bundle.in_channels != state["data"]["in_channels"]:
         raise ConfigError(f"{data} has {bundle.in_channels} image channels, the model takes "
                           f"{state['data']['in_channels']}")
