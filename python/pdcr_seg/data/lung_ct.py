@@ -23,9 +23,10 @@ normalisation uses training statistics likewise). Why this window and not a medi
 (W 400, L 40: -160..240 HU): the tumours are part solid -- 58 % of pat_2's tumour voxels (its
 median is -224 HU) and 10-17 % of pat_1's and pat_4's lie below -160 HU, where a mediastinal
 window would flatten them into the aerated lung. Above -160 HU nothing is lost: a network reads
-floats, so a window is a clipping range, not a loss of contrast inside it; tumour (median 11-41
-HU), atelectasis and vessels (soft tissue, enhanced vessels up to about 300 HU) stay apart. Above
-300 HU is bone and dense contrast (no tumour voxel reaches it), below -1000 HU nothing.
+floats, so a window is a clipping range, not a loss of contrast inside it; solid tumour (medians
+11-41 HU in pat_1, pat_3, pat_4), atelectasis and vessels (soft tissue, enhanced vessels up to
+about 300 HU) stay apart. Above 300 HU is bone and dense contrast (44 of the 174 683 tumour
+voxels, calcification or bone at the contour's edge), below -1000 HU nothing.
 
 Split by patient, never by slice: leave-one-patient-out folds. Fold K (0-3) tests on patient
 ``PATIENTS[K]``, validates on the next one (``PATIENTS[(K + 1) % 4]``) and trains on the other
