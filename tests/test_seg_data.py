@@ -180,7 +180,7 @@ def nuclei_bundle():
 def test_nuclei_items_are_binary_tiles(nuclei_bundle):
     b = nuclei_bundle
     assert (b.in_channels, b.num_classes, b.class_names) == (1, 2, ("background", "nucleus"))
-    assert (len(b.train), len(b.val), len(b.test)) == (81, 3, 4)
+    assert (len(b.train), len(b.val), len(b.test)) == (64, 3, 4)
     for d in (b.val, b.test):
         for item in items(d):
             check_item(item, 1, 128, 2)
@@ -193,7 +193,8 @@ def test_nuclei_regions_are_disjoint_and_tiles_stay_inside(nuclei_bundle):
     owner = np.zeros(nuclei.IMAGE_SHAPE, np.int64)
     for region in nuclei.REGIONS.values():
         region.crop(owner)[...] += 1
-    assert owner.max() == 1  # no pixel in two regions (and, here, every pixel in one)
+    assert owner.max() == 1  # no pixel in two regions
+    assert (owner == 0).sum() == 384 * 384 - 352 * 352  # the guard band belongs to none
     for size in (128, 96, 256):
         for split, boxes in nuclei.tile_boxes(size).items():
             region = nuclei.REGIONS[split]
@@ -209,6 +210,38 @@ def test_nuclei_regions_are_disjoint_and_tiles_stay_inside(nuclei_bundle):
     for box in nuclei.tile_boxes(128)["test"]:
         box.crop(covered)[...] = True
     assert nuclei.REGIONS["test"].crop(covered).all()  # the test grid covers its region
+
+
+def test_nuclei_guard_band_leaves_no_nucleus_in_two_splits(nuclei_bundle):
+    _, instances = nuclei.read_nuclei()
+    assert len(np.unique(instances)) - 1 == 125
+    assert nuclei.straddling(instances, nuclei.region_masks(nuclei.REGIONS)) == 0
+    no_band = dict(nuclei.REGIONS, train=nuclei.Box(0, 384, 0, 384))
+    assert nuclei.straddling(instances, nuclei.region_masks(no_band)) == 10  # 5 with val, 5 with test
+    for other in ("val", "test"):
+        pair = {k: no_band[k] for k in ("train", other)}
+        assert nuclei.straddling(instances, nuclei.region_masks(pair)) == 5
+    assert "0 of 125 nuclei in two splits, 10 without the band" in nuclei_bundle.description
+
+
+def test_nuclei_straddling_counts_objects_not_pixels():
+    instances = np.array([[1, 1, 0, 2], [0, 3, 3, 2]])
+    left, right = np.zeros((2, 4), bool), np.zeros((2, 4), bool)
+    left[:, :2], right[:, 2:] = True, True
+    assert nuclei.straddling(instances, [left, right]) == 1  # only 3 crosses; 0 is background
+
+
+def test_nuclei_normalisation_uses_the_training_region_only(monkeypatch):
+    raw, instances = nuclei.read_nuclei()
+    image, _ = nuclei.load_nuclei()
+    lo, hi = np.percentile(nuclei.REGIONS["train"].crop(raw).astype(np.float32), (1, 99.8))
+    np.testing.assert_allclose(image, np.clip((raw.astype(np.float32) - lo) / (hi - lo), 0, 1), atol=1e-6)
+    changed = raw.copy()
+    nuclei.REGIONS["test"].crop(changed)[...] = 65535  # saturate the test region
+    monkeypatch.setattr(nuclei, "read_nuclei", lambda: (changed, instances))
+    after, _ = nuclei.load_nuclei()
+    train = nuclei.REGIONS["train"]
+    assert np.array_equal(train.crop(after), train.crop(image))
 
 
 def test_nuclei_larger_size_resizes_band_tiles():

@@ -26,6 +26,19 @@ def test_nuclei_volume_split_by_region():
     rows = [range(*r) for r in NUCLEI_ROWS.values()]
     assert sum(len(r) for r in rows) == 61 and not set(rows[0]) & set(rows[2]) and not set(rows[1]) & set(rows[2])
     assert set(np.unique(bundle.test[0]["label"].numpy())) == {0, 1}
+    assert "13 of 51 nuclei in more than one split" in bundle.description
+
+
+def test_nuclei_volume_normalised_by_the_training_rows():
+    from pdcr_seg.data.volumes import load_nuclei_volume, read_nuclei_volume
+
+    raw, instances = read_nuclei_volume()
+    image, _ = load_nuclei_volume()
+    lo, hi = np.percentile(raw[:, 0:37].astype(np.float32), (1, 99.8))
+    np.testing.assert_allclose(image, np.clip((raw.astype(np.float32) - lo) / (hi - lo), 0, 1), atol=1e-6)
+    slabs = [(slice(None), slice(*rows)) for rows in NUCLEI_ROWS.values()]
+    in_all_three = set.intersection(*(set(np.unique(instances[s]).tolist()) - {0} for s in slabs))
+    assert len(in_all_three) == 10  # the docstring's count: the validation slab is one nucleus thick
 
 
 def test_3d_cli_trains_evaluates_and_writes_its_files(tmp_path):

@@ -34,7 +34,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--config", default=S, metavar="FILE.yaml", help="settings; the command line overrides them")
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=S, help=f"synthetic, nuclei or folder:PATH (default {d.data})")
+    g.add_argument("--data", default=S, help=f"synthetic, nuclei, lung-ct (CT of 4 patients, licence CC BY-NC 3.0: "
+                                              f"non-commercial use only), bacteria or folder:PATH (default {d.data})")
+    g.add_argument("--fold", type=int, default=S, help="lung-ct: test patient 0-3, validation the next (default 0)")
     g.add_argument("--dims", type=int, choices=[2, 3], default=S, help="2: images (default); 3: volumes")
     g.add_argument("--image-size", type=int, default=S, help=f"side of the square tiles (default {d.image_size})")
     g.add_argument("--patch-size", type=int, nargs=3, default=S, metavar=("D", "H", "W"),
@@ -124,7 +126,8 @@ def cmd_eval(args) -> int:
     model, handle, cfg, state = load_run(args.checkpoint, device)
     data = args.data or cfg.data
     bundle = build_datasets(data, image_size=cfg.image_size, seed=cfg.seed, augment=False,
-                            num_classes=state["data"]["num_classes"], dims=cfg.dims, patch_size=cfg.patch_size)
+                            num_classes=state["data"]["num_classes"], dims=cfg.dims, patch_size=cfg.patch_size,
+                            fold=cfg.fold if data == cfg.data else 0)  # the run's fold, on its data
     if bundle.in_channels != state["data"]["in_channels"]:
         raise ConfigError(f"{data} has {bundle.in_channels} image channels, the model takes "
                           f"{state['data']['in_channels']}")

