@@ -4,7 +4,7 @@ A training run owns one folder (`--out`, default a new ``runs/<date>-<time>-<mod
 
 - A new run needs a new or empty folder. A folder that holds anything is refused, in one line,
   unless ``--resume`` (continue the run in it) or ``--overwrite`` (replace it: the files a run
-  writes, RUN_FILES, are removed; anything else in the folder is left alone).
+  writes, RUN_FILES and RUN_FOLDERS, are removed; anything else in the folder is left alone).
 - Nothing is written, and nothing removed, before the run has checked its settings, its data
   and its model (`prepare` is the first call that touches the folder).
 - Every file is written atomically: into a temporary file beside it, then renamed over it, so
@@ -27,7 +27,7 @@ from typing import Callable
 from .config import ConfigError
 
 RUN_FILES = ("config.yaml", "checkpoint_last.pt", "checkpoint_best.pt", "summary.json", "progress.png")
-RUN_FOLDERS = ("overlays",)
+RUN_FOLDERS = ("overlays", "eval")  # eval/: where README's `pdcr-seg eval --out RUN/eval` writes
 RUNS_ROOT = Path("runs")
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: files get the usual permissions, not mkstemp's owner-only 0600
@@ -83,8 +83,7 @@ def prepare(out: Path, *, overwrite: bool) -> None:
                 (out / name).unlink(missing_ok=True)
             for name in RUN_FOLDERS:
                 shutil.rmtree(out / name, ignore_errors=True)
-    for name in RUN_FOLDERS:
-        (out / name).mkdir(parents=True, exist_ok=True)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
 
 
 def clean_temporaries(folder: Path) -> None:
