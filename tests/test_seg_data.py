@@ -116,6 +116,150 @@ def test_binary_255_masks_become_0_1(tmp_path):
     assert set(items(b.train)[0]["label"].unique().tolist()) == {0, 1}
 
 
+# ---- users' layouts ------------------------------------------------------------------------------
+
+def jpeg_mask(h=30, w=40, quality=75):
+    """A 0/255 rectangle mask as a JPEG stores it: values spread around 0 and 255 near the edges."""
+    import io
+
+    _, mask = lesion_pair(np.random.default_rng(0), h, w)
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="JPEG", quality=quality)
+    return np.array(Image.open(buffer)), mask
+
+
+def labels_of(bundle):
+    return [set(item["label"].unique().tolist()) for d in (bundle.train, bundle.val, bundle.test) for item in items(d)]
+
+
+def test_isic_masks_saved_as_jpeg_are_thresholded_with_a_note(tmp_path):
+    rng = np.random.default_rng(5)
+    stored, truth = jpeg_mask()
+    assert len(np.unique(stored)) > 2  # really a JPEG's grey levels, not a clean 0/255
+    for i in range(5):
+        image, _ = lesion_pair(rng)
+        save(tmp_path / f"ISIC_{i:07d}.jpg", image)
+        save(tmp_path / f"ISIC_{i:07d}_Segmentation.jpg", stored.astype(np.uint8))
+    b = build_datasets(f"folder:{tmp_path}", image_size=40, augment=False)
+    assert b.num_classes == 2 and len(b.notes) == 1 and "near-binary" in b.notes[0] and "\n" not in b.notes[0]
+    label = items(b.train)[0]["label"][0].numpy()
+    resized_truth = np.array(Image.fromarray(truth).resize((40, 40), Image.NEAREST)) > 0
+    assert (label == resized_truth).mean() > 0.98  # half the maximum recovers the drawn mask
+
+
+def test_kvasir_style_jpeg_images_and_masks(tmp_path):
+    rng = np.random.default_rng(6)
+    stored, _ = jpeg_mask(quality=60)
+    for i in range(6):
+        save(tmp_path / "Kvasir-SEG" / "images" / f"cju{i}.jpg", lesion_pair(rng)[0])
+        save(tmp_path / "Kvasir-SEG" / "masks" / f"cju{i}.jpg", stored.astype(np.uint8))
+    b = build_datasets(f"folder:{tmp_path}", image_size=32, augment=False)
+    assert b.num_classes == 2 and all(values <= {0, 1} for values in labels_of(b))
+    assert "thresholded" in b.description and any("near-binary" in n for n in b.notes)
+    with pytest.raises(DataError, match="near-binary.*num_classes=256"):  # not a 256-class task
+        build_datasets(f"folder:{tmp_path}", image_size=32, num_classes=256)
+
+
+def test_anti_aliased_png_masks_are_near_binary(tmp_path):
+    rng = np.random.default_rng(7)
+    for i in range(4):
+        mask = np.zeros((64, 64), np.float32)
+        mask[16:48, 20:52] = 255
+        soft = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((32, 32), Image.BILINEAR))  # soft edges
+        save(tmp_path / "images" / f"a{i}.png", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+        save(tmp_path / "masks" / f"a{i}.png", soft)
+    b = build_datasets(f"folder:{tmp_path}", image_size=32, augment=False)
+    assert b.num_classes == 2 and any("near-binary" in n for n in b.notes)
+
+
+def test_a_grey_image_as_mask_is_not_taken_for_near_binary(tmp_path):
+    rng = np.random.default_rng(8)
+    for i in range(4):
+        save(tmp_path / "images" / f"a{i}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+        save(tmp_path / "masks" / f"a{i}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    with pytest.raises(DataError, match="neither binary nor near-binary.*pass num_classes"):
+        build_datasets(f"folder:{tmp_path}", image_size=16)
+
+
+def test_the_authors_repository_layout_train_and_val_without_test(tmp_path):
+    """train/img + train/mask_jpg and val/img + val/mask_jpg: test is drawn from train, with a note."""
+    rng = np.random.default_rng(9)
+    stored, _ = jpeg_mask()
+    for split, n in (("train", 10), ("val", 3)):
+        for i in range(n):
+            name = f"ISIC_{100 * (split == 'val') + i:07d}"
+            save(tmp_path / split / "img" / f"{name}.jpg", lesion_pair(rng)[0])
+            save(tmp_path / split / "mask_jpg" / f"{name}_Segmentation.jpg", stored.astype(np.uint8))
+    b = build_datasets(f"folder:{tmp_path}", image_size=24, augment=False)
+    assert (len(b.train), len(b.val), len(b.test)) == (8, 3, 2)  # a seeded fifth of train is the test split
+    assert sorted(i["name"] for i in items(b.val)) == [f"ISIC_{100 + i:07d}" for i in range(3)]
+    assert any("no test folder" in n and "seeded fifth" in n for n in b.notes)
+    again = build_datasets(f"folder:{tmp_path}", image_size=24, augment=False)
+    assert [i["name"] for i in items(again.test)] == [i["name"] for i in items(b.test)]  # seeded
+
+
+def test_isic_2018_training_download_only(tmp_path):
+    rng = np.random.default_rng(10)
+    names = [f"ISIC_{i:07d}" for i in range(10)]
+    write_isic(tmp_path, names, rng, tmp_path / "ISIC2018_Task1-2_Training_Input",
+               tmp_path / "ISIC2018_Task1_Training_GroundTruth")
+    for path in (tmp_path / "ISIC2018_Task1_Training_GroundTruth").iterdir():  # 2018 spells it in lower case
+        path.rename(path.with_name(path.name.replace("_Segmentation", "_segmentation")))
+    b = build_datasets(f"folder:{tmp_path}", image_size=24, augment=False)
+    assert (len(b.train), len(b.val), len(b.test)) == (7, 1, 2)
+    assert any("only training folders" in n and "70/10/20" in n for n in b.notes)
+
+
+def test_train_images_and_train_masks_folders(tmp_path):
+    rng = np.random.default_rng(11)
+    for split, n in (("train", 6), ("test", 2)):
+        for i in range(n):
+            image, mask = lesion_pair(rng, 20, 20)
+            save(tmp_path / f"{split}_images" / f"{split}{i}.png", image)
+            save(tmp_path / f"{split}_masks" / f"{split}{i}.png", mask)
+    b = build_datasets(f"folder:{tmp_path}", image_size=16, augment=False)
+    assert (len(b.train) + len(b.val), len(b.test)) == (6, 2)
+    assert sorted(i["name"] for i in items(b.test)) == ["test0", "test1"]
+
+
+def test_mixed_0_1_and_0_255_binary_masks(tmp_path):
+    rng = np.random.default_rng(12)
+    for i in range(6):
+        image, mask = lesion_pair(rng, high=1 if i % 2 else 255)
+        save(tmp_path / "images" / f"m{i}.png", image)
+        save(tmp_path / "masks" / f"m{i}.png", mask)
+    b = build_datasets(f"folder:{tmp_path}", image_size=24, augment=False)
+    assert b.num_classes == 2 and all(values == {0, 1} for values in labels_of(b))
+    assert any("mix 0/1 (3) and 0/255 (3)" in n for n in b.notes)
+
+
+def test_macos_resource_files_are_ignored_everywhere(tmp_path):
+    rng = np.random.default_rng(13)
+    write_isic(tmp_path, [f"ISIC_{i:07d}" for i in range(4)], rng)
+    for folder in (tmp_path, tmp_path / "__MACOSX"):
+        folder.mkdir(exist_ok=True)
+        (folder / "._ISIC_0000000.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+        (folder / "._ISIC_0000000_Segmentation.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    save(tmp_path / "__MACOSX" / "ISIC_0000009.jpg", lesion_pair(rng)[0])  # no mask, but not data either
+    b = build_datasets(f"folder:{tmp_path}", image_size=16, augment=False)
+    assert len(b.train) + len(b.val) + len(b.test) == 4
+
+
+def test_exif_orientation_is_applied_to_images_and_masks(tmp_path):
+    from pdcr_seg.data.folder import read_image, read_mask
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees for display
+    image = np.zeros((10, 20, 3), np.uint8)
+    image[:, :5] = 255  # a white band on the left of the stored pixels
+    Image.fromarray(image).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    Image.fromarray(image[..., 0]).save(tmp_path / "photo_mask.png", exif=exif)
+    shown = read_image(tmp_path / "photo.jpg")
+    assert shown.shape == (3, 20, 10)  # the displayed frame: height and width swapped
+    assert shown[0, :5].mean() > 0.9 and shown[0, -5:].mean() < 0.1  # the band is now on top
+    assert read_mask(tmp_path / "photo_mask.png").shape == (20, 10)
+
+
 def bad_folder(tmp_path, problem):
     """Writes a folder with one ``problem``; returns (spec kwargs, words the message must hold)."""
     rng = np.random.default_rng(4)

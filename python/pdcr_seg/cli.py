@@ -6,8 +6,10 @@
     pdcr-seg models                                            (parameters and FLOPs, Table IV)
     torchrun --nproc_per_node=2 -m pdcr_seg train ...          (DistributedDataParallel)
 
-Bad input (a missing folder, images without masks, an unknown model, a bad setting) prints one
-line to stderr and exits with status 2; set PDCR_SEG_TRACEBACK=1 to see the traceback instead.
+Bad input (a missing folder, images without masks, an unknown model, a bad setting, an --out
+that holds an earlier run) prints one line to stderr and exits with status 2; set
+PDCR_SEG_TRACEBACK=1 to see the traceback instead. Ctrl-C prints one line (for train: how to
+resume) and exits with status 130.
 """
 
 from __future__ import annotations
@@ -82,11 +84,14 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sync-bn", action="store_true", default=S, help="SyncBatchNorm across processes (CUDA)")
     g.add_argument("--workers", type=int, default=S, help="data loader processes (default 0)")
     g.add_argument("--overlays", type=int, default=S, help=f"test tiles drawn (default {d.overlays})")
-    p.add_argument("--out", default=S, help=f"run directory (default {d.out})")
+    p.add_argument("--out", default=S, help="run directory, new or empty (default: a new runs/<date>-<time>-<model>)")
     p.add_argument("--resume", action="store_true",
-                   help="continue OUT/checkpoint_last.pt (its settings; --epochs / --max-steps may extend "
-                        "it: the cosine schedule is stretched to the new length; a --max-steps stop "
-                        "counted its epoch as done)")
+                   help="continue the run in OUT exactly where its last finished epoch left it (its settings; "
+                        "--epochs / --max-steps may extend it: the cosine schedule is stretched to the new length; "
+                        "a --max-steps stop counted its epoch as done)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in OUT (its files are removed once the new run's settings and data "
+                        "are checked); without it a non-empty OUT is refused")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -94,25 +99,30 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     given = {k: v for k, v in vars(args).items() if k in FIELDS}
     base = TrainConfig()
     if getattr(args, "resume", False):
-        saved = Path(given.get("out", base.out)) / "config.yaml"
+        if "out" not in given:
+            raise ConfigError("--resume needs --out RUN_FOLDER: the run to continue")
+        saved = Path(given["out"]) / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume: {saved} does not exist (no run to continue in {saved.parent})")
-        base = from_dict(load_yaml(saved))
+        base = from_dict(load_yaml(saved), source=str(saved))
     if hasattr(args, "config"):
-        base = from_dict(load_yaml(args.config), base)
+        base = from_dict(load_yaml(args.config), base, source=f"config file {args.config}")
     return from_dict(given, base).validate()
 
 
 def _device(name: str):
+    from .config import check_device
     from .distributed import resolve_device
 
+    check_device(name)
     return resolve_device(name)
 
 
 def cmd_train(args) -> int:
+    cfg = train_config(args)  # first: a bad setting is refused before torch and MONAI are imported
     from .train import train
 
-    train(train_config(args), resume=args.resume)
+    train(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -122,9 +132,15 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate, inference_roi, load_run
     from .train import write_overlays
 
+    from .config import absolute_data_spec
+    from .figures import fmt
+    from .rundir import check_output_folder, write_text
+
+    out = Path(args.out)
+    check_output_folder(out, overwrite=args.overwrite)
     device = _device(args.device)
     model, handle, cfg, state = load_run(args.checkpoint, device)
-    data = args.data or cfg.data
+    data = absolute_data_spec(args.data or cfg.data)
     bundle = build_datasets(data, image_size=cfg.image_size, seed=cfg.seed, augment=False,
                             num_classes=state["data"]["num_classes"], dims=cfg.dims, patch_size=cfg.patch_size,
                             fold=cfg.fold if data == cfg.data else 0)  # the run's fold, on its data
@@ -135,14 +151,14 @@ def cmd_eval(args) -> int:
     ctx = distributed.Context(0, 1, 0, device)
     result = evaluate(model, dataset, bundle.num_classes, ctx, batch_size=cfg.batch_size,
                       ignore_index=cfg.ignore_index, roi=inference_roi(cfg))
-    out = Path(args.out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
-    result = {"checkpoint": str(args.checkpoint), "data": bundle.description, "split": args.split, **result}
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = {"checkpoint": str(Path(args.checkpoint).absolute()), "data": bundle.description, "split": args.split,
+              **result}
+    write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     write_overlays(model, handle, dataset, bundle.num_classes, device, out / "overlays", args.overlays,
-                   f"{cfg.model} on {data} ({args.split})", roi=inference_roi(cfg))
-    print(f"{args.split} ({result['images']} images): Dice {result['dice']:.4f} Jaccard {result['jaccard']:.4f} "
-          f"accuracy {result['accuracy']:.4f} HD95 {result['hd95']:.2f}")
+                   f"{cfg.model} on {data} ({args.split})", roi=inference_roi(cfg), class_names=bundle.class_names)
+    print(f"{args.split} ({result['images']} images): Dice {fmt(result['dice'], 4)} "
+          f"Jaccard {fmt(result['jaccard'], 4)} accuracy {fmt(result['accuracy'], 4)} HD95 {fmt(result['hd95'], 2)}")
     print(f"wrote {out}/metrics.json and {out}/overlays/")
     return 0
 
@@ -150,8 +166,15 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import predict
 
-    written = predict(args.checkpoint, args.input, args.out, _device(args.device))
-    print(f"wrote {len(written)} masks to {args.out}/")
+    outcomes = predict(args.checkpoint, args.input, args.out, _device(args.device), overwrite=args.overwrite)
+    failed = [o for o in outcomes if o.error]
+    print(f"wrote {len(outcomes) - len(failed)} masks to {args.out}/ (list: {args.out}/predictions.csv)")
+    if failed:
+        for o in failed:
+            print(f"pdcr-seg predict: failed: {o.input}: {o.error}", file=sys.stderr)
+        print(f"pdcr-seg predict: {len(failed)} of {len(outcomes)} images failed (listed above and in "
+              f"{args.out}/predictions.csv)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -186,13 +209,15 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["test", "val", "train"], default="test")
     e.add_argument("--device", default="auto")
     e.add_argument("--overlays", type=int, default=4)
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True, help="a new or empty folder")
+    e.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     e.set_defaults(run=cmd_eval)
     r = sub.add_parser("predict", help="masks (and UAFR uncertainty) for images")
     r.add_argument("--checkpoint", required=True)
     r.add_argument("--input", required=True, help="an image file or a folder of images")
     r.add_argument("--device", default="auto")
-    r.add_argument("--out", required=True)
+    r.add_argument("--out", required=True, help="a new or empty folder")
+    r.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     r.set_defaults(run=cmd_predict)
     m = sub.add_parser("models", help="parameters and multiply-adds of the models, as Table IV")
     m.add_argument("names", nargs="*", help="default: every built-in model")
@@ -210,15 +235,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def _bad_input(error: Exception) -> bool:
+    """Whether `error` is one of pdcr-seg's one-line errors about its input. (The data and
+    run modules import torch and MONAI: they are looked at only once an error happened.)"""
+    if isinstance(error, ConfigError):
+        return True
     from .data import DataError
     from .evaluate import RunError
 
+    return isinstance(error, (DataError, RunError))
+
+
+def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, DataError, RunError) as error:
-        if os.environ.get("PDCR_SEG_TRACEBACK"):
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line (train's says how to resume), no traceback
+        print(f"pdcr-seg {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
+        return 130
+    except FloatingPointError as error:  # training diverged: not bad input, but not a crash either
+        print(f"pdcr-seg {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        if not _bad_input(error) or os.environ.get("PDCR_SEG_TRACEBACK"):
             raise
         print(f"pdcr-seg {args.command}: error: {error}", file=sys.stderr)
         return 2

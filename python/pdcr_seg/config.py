@@ -1,13 +1,23 @@
 """A training run's settings: one dataclass, read from a YAML file and the command line.
 
-Precedence: the dataclass defaults < `--config FILE.yaml` < options given on the command line.
-A run directory keeps the resolved settings in `config.yaml`; `--resume` and `pdcr-seg eval`
-read them back.
+Precedence: the dataclass defaults < `--config FILE.yaml` < options given on the command line
+(with `--resume`, the run's own config.yaml replaces the defaults: resume.py). A run directory
+keeps the resolved settings in `config.yaml`; `--resume` and `pdcr-seg eval` read them back.
+
+Every value, from whichever source, is checked and converted against the field's declared type
+(`from_dict`): YAML reads `1e-3` as a string, which becomes the float 0.001; `pdcr: "no"` (a
+string where true/false is expected), `pdcr_layers: enc2` (a string where a list is expected) or
+`epochs: three` are one-line errors naming the key. `validate` then checks the values' ranges.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,23 +71,34 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across DDP processes
     workers: int = 0  # DataLoader worker processes
     overlays: int = 4  # test tiles drawn in overlays/
-    out: str = "runs/latest"
+    out: str | None = None  # the run directory; None: a new runs/<date>-<time>-<model>
 
     def validate(self) -> "TrainConfig":
+        """Checks every setting (ranges, the model's name, the device) and makes a folder data
+        path absolute, so that a run's config.yaml works from any directory; returns self."""
         def need(condition, message):
             if not condition:
                 raise ConfigError(message)
+
+        def finite(value) -> bool:
+            return math.isfinite(value)
 
         need(self.image_size >= 16, f"--image-size must be >= 16, got {self.image_size}")
         need(self.dims in (2, 3), f"--dims must be 2 or 3, got {self.dims}")
         need(len(self.patch_size) == 3 and min(self.patch_size) >= 1,
              f"--patch-size must be three sizes D H W, got {self.patch_size}")
         need(self.samples_per_epoch >= 1, f"--samples-per-epoch must be >= 1, got {self.samples_per_epoch}")
-        need(0 < self.fraction <= 1, f"--fraction must be in (0, 1], got {self.fraction}")
+        need(finite(self.fraction) and 0 < self.fraction <= 1, f"--fraction must be in (0, 1], got {self.fraction}")
         need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         need(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}")
         need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
-        need(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        need(finite(self.lr) and self.lr > 0, f"--lr must be a finite number > 0, got {self.lr}")
+        need(finite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        need(finite(self.pdcr_weight) and self.pdcr_weight >= 0,
+             f"--pdcr-weight must be a finite number >= 0, got {self.pdcr_weight}")
+        need(0 <= self.seed < 2**32, f"--seed must be in 0 .. 2^32 - 1 (numpy's and MONAI's seeds), got {self.seed}")
+        need(self.width is None or self.width >= 1, f"--width must be >= 1, got {self.width}")
         need(self.pdcr_mode in ("hierarchical", "receptive_field"),
              f"--pdcr-mode must be hierarchical or receptive_field, got {self.pdcr_mode!r}")
         need(self.pdcr_preset in ("paper", "encoder"),
@@ -88,8 +109,18 @@ class TrainConfig:
              "--pdcr-decoder needs --pdcr-mode hierarchical: receptive fields are defined for the encoder")
         need(self.num_classes is None or self.num_classes >= 2, f"--num-classes must be >= 2, got {self.num_classes}")
         need(self.workers >= 0, f"--workers must be >= 0, got {self.workers}")
+        need(self.overlays >= 0, f"--overlays must be >= 0, got {self.overlays}")
         for pair in self.pdcr_cross or []:
             need(len(pair) == 2, f"--pdcr-cross pairs are A:B, got {':'.join(pair)}")
+        for n in self.pdcr_samples or []:
+            need(n >= 1, f"--pdcr-samples must be >= 1, got {n}")
+        need(self.ignore_index is None or self.ignore_index >= 0,
+             f"--ignore-index must be >= 0, got {self.ignore_index}")
+        need(not (self.dice_loss and self.ignore_index is not None),
+             "--dice-loss does not support --ignore-index (MONAI's DiceCELoss has none)")
+        check_model_name(self.model, self.dims)
+        check_device(self.device)
+        self.data = absolute_data_spec(self.data)
         return self
 
     def to_dict(self) -> dict:
@@ -97,14 +128,125 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+TYPES = typing.get_type_hints(TrainConfig)
 
 
-def from_dict(values: dict, base: TrainConfig | None = None) -> TrainConfig:
-    """`base` (or the defaults) with `values` set; unknown keys are an error."""
+def absolute_data_spec(spec: str) -> str:
+    """`folder:PATH` with PATH made absolute (other specs as they are)."""
+    if spec.startswith("folder:") and spec != "folder:":
+        return "folder:" + str(Path(spec[len("folder:"):]).expanduser().absolute())
+    return spec
+
+
+def check_model_name(name: str, dims: int = 2) -> None:
+    """ConfigError unless `name` is a model pdcr_seg builds (for `dims`); reads no data."""
+    from .models import MODELS, VOLUME_MODELS
+
+    if name.startswith("monai.") and name not in MODELS:
+        from monai.networks import nets
+
+        if not isinstance(getattr(nets, name[len("monai."):], None), type):
+            raise ConfigError(f"--model {name}: monai.networks.nets has no {name[len('monai.'):]}")
+    elif name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=1)
+        raise ConfigError(f"--model {name}: unknown model" + (f" (did you mean {close[0]}?)" if close else "")
+                          + f"; known: {', '.join(MODELS)}, or monai.<ClassName>")
+    if dims == 3 and not (name in VOLUME_MODELS or name.startswith("monai.")):
+        raise ConfigError(f"--model {name} is a 2-D model; for --dims 3 use {', '.join(VOLUME_MODELS)}")
+
+
+def check_device(name: str) -> None:
+    """ConfigError unless `name` (auto, cpu, cuda, cuda:N, mps) is a device this machine has."""
+    match = re.fullmatch(r"(auto|cpu|cuda|mps)(?::(\d+))?", name)
+    if match is None or (match[2] is not None and match[1] != "cuda"):
+        raise ConfigError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps")
+    kind = match[1]
+    if kind == "cuda":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {name}: no CUDA device is available here (torch {torch.__version__}); "
+                              "use --device cpu")
+        if match[2] is not None and int(match[2]) >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}")
+    elif kind == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"--device {name}: MPS is not available here; use --device cpu")
+
+
+def _describe(value) -> str:
+    return f"{value!r} ({type(value).__name__})" if not isinstance(value, str) else repr(value)
+
+
+def convert(key: str, value, kind):
+    """`value` as the declared type `kind` of setting `key`, or ConfigError naming the key.
+
+    Numbers may be written as strings (YAML reads 1e-3 as one); nothing else is guessed: a string
+    is not a bool or a list, a fraction is not an integer.
+    """
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return convert(key, value, inner)
+    if value is None:
+        raise ConfigError(f"{key}: a value is needed, got null")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
+    if kind is int:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip()) if not re.fullmatch(r"\s*[-+]?\d+\s*", value) else int(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {_describe(value)} (YAML: [{value}])")
+        return [convert(f"{key}[{i}]", item, args[0]) for i, item in enumerate(value)]
+    raise TypeError(f"setting {key} has a type the converter does not know: {kind}")  # a new field
+
+
+def from_dict(values: dict, base: TrainConfig | None = None, source: str = "") -> TrainConfig:
+    """`base` (or the defaults) with `values` set, each converted to its field's type; unknown
+    keys and values of the wrong type are errors (`source`, e.g. "config file a.yaml", prefixes
+    the message)."""
+    prefix = f"{source}: " if source else ""
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
-    return dataclasses.replace(base or TrainConfig(), **values)
+        raise ConfigError(f"{prefix}unknown setting(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+    typed = {}
+    for key, value in values.items():
+        if key == "pdcr_cross" and isinstance(value, list):  # pairs may be written "A:B", as on the command line
+            value = [item.split(":") if isinstance(item, str) else item for item in value]
+        try:
+            typed[key] = convert(key, value, TYPES[key])
+        except ConfigError as error:
+            raise ConfigError(f"{prefix}{error}") from None
+    return dataclasses.replace(base or TrainConfig(), **typed)
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -117,11 +259,12 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings")
-    return {key.replace("-", "_"): value for key, value in values.items()}
+    return {str(key).replace("-", "_"): value for key, value in values.items()}
 
 
 def save_yaml(config: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-__all__ = ["TrainConfig", "ConfigError", "from_dict", "load_yaml", "save_yaml", "FIELDS"]
+__all__ = ["TrainConfig", "ConfigError", "from_dict", "load_yaml", "save_yaml", "FIELDS", "convert",
+           "check_device", "check_model_name", "absolute_data_spec"]

@@ -69,6 +69,15 @@ def gather(ctx: Context, items: list) -> list:
     return [item for part in everyone for item in part]
 
 
+def broadcast(ctx: Context, value):
+    """Rank 0's `value` (any picklable object), on every rank."""
+    if not ctx.distributed:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def mean(ctx: Context, value: float) -> float:
     """The mean of a scalar over ranks."""
     if not ctx.distributed:

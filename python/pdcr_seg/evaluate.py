@@ -100,13 +100,18 @@ def evaluate(model: nn.Module, dataset, num_classes: int, ctx: distributed.Conte
 def build_run(cfg: TrainConfig, in_channels: int, num_classes: int, device: torch.device):
     """The model of a run and its PDCR/UAFR handle (or None), on `device`."""
     try:
-        options = {"input_size": example_size(cfg)} if cfg.model == "monai.DynUNet" else {}
-        model = build_model(cfg.model, in_channels, num_classes, cfg.width, spatial_dims=cfg.dims, **options)
+        model = build_model(cfg.model, in_channels, num_classes, cfg.width, spatial_dims=cfg.dims,
+                            **model_options(cfg))
     except ValueError as error:  # an unknown model name, a bad width, a 2-D model for volumes
         raise ConfigError(str(error)) from None
     example = torch.zeros(2, in_channels, *example_size(cfg))
     handle = attach_methods(model, cfg, num_classes, example)
     return model.to(device), handle
+
+
+def model_options(cfg: TrainConfig) -> dict:
+    """Options build_model needs beyond the config's own: DynUNet plans its strides from the patch."""
+    return {"input_size": example_size(cfg)} if cfg.model == "monai.DynUNet" else {}
 
 
 def example_size(cfg: TrainConfig) -> tuple[int, ...]:

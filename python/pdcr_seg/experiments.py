@@ -148,8 +148,9 @@ def execute(runs: list[Run], jobs: int = 1, log=print) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             save_yaml(run.config, folder / "plan_config.yaml")
             log_file = open(folder / "train.log", "w")
+            # --overwrite: the folder holds this plan's settings and log, and maybe an unfinished try
             process = subprocess.Popen([sys.executable, "-m", "pdcr_seg", "train", "--config",
-                                        str(folder / "plan_config.yaml"), "--device", "cpu"],
+                                        str(folder / "plan_config.yaml"), "--device", "cpu", "--overwrite"],
                                        stdout=log_file, stderr=subprocess.STDOUT, env=env)
             running.append((run, process, time.perf_counter()))
         time.sleep(0.5)

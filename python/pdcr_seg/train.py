@@ -1,12 +1,16 @@
-"""One training run: data, model (+ PDCR and UAFR), the loop, validation, checkpoints, figures.
+"""One training run, in named steps: set_up, then per epoch train_epoch (train_step per batch),
+validate and end_epoch (history, best epoch, checkpoint), then test.
 
 The paper's recipe (Section V-A): cross-entropy (optionally MONAI's DiceCELoss), + 0.01 x eq. 12
 when PDCR is on; Adam, learning rate 1e-3, cosine schedule, weight decay 1e-5; the augmentations
 of data/transforms.py. One loop serves one process and torchrun's several (DDP).
 
+Where the rules live: the run directory (a new folder per run, nothing overwritten, atomic
+writes) in rundir.py; what a checkpoint keeps and how --resume continues exactly in resume.py.
+
 A run directory gets:
     config.yaml            the resolved settings
-    checkpoint_last.pt     model, optimizer, scheduler, epoch, step, RNG states: --resume
+    checkpoint_last.pt     model, optimizer, scheduler, progress, every random state: --resume
     checkpoint_best.pt     the epoch with the best validation Dice
     summary.json           settings, parameters, FLOPs, per-epoch losses and metrics, "test"
     progress.png           loss and Dice curves
@@ -15,17 +19,21 @@ A run directory gets:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
 import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+import yaml
 from monai.data.utils import worker_init_fn
+from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 try:
@@ -34,13 +42,99 @@ except ImportError:  # pragma: no cover - tqdm is a dependency
     def tqdm(iterable, **_):
         return iterable
 
-from . import distributed, figures
-from .config import ConfigError, TrainConfig, save_yaml
-from .data import build_datasets
-from .evaluate import build_run, evaluate, example_size, inference_roi, segment, uncertainty_layer
+from . import distributed, figures, rundir
+from .config import ConfigError, TrainConfig
+from .data import DataBundle, build_datasets
+from .evaluate import (RunError, build_run, evaluate, example_size, inference_roi, model_options, segment,
+                       uncertainty_layer)
 from .metrics import batch_dice
+from .resume import check_same_run, load_checkpoint, restore, state_of
+from .models import MODELS, build_model
 from .models.complexity import model_complexity
 
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says how to continue it."""
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what checkpoint_last.pt continues from."""
+
+    epoch: int = 0  # epochs done
+    step: int = 0  # optimisation steps done
+    history: list = field(default_factory=list)  # one record per epoch done
+    best_epoch: int | None = None  # the epoch of checkpoint_best.pt
+    best_dice: float | None = None  # its validation Dice (None: not defined yet)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # ties the checkpoints to this run
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Run:
+    """Everything a run holds while it trains."""
+
+    cfg: TrainConfig
+    ctx: distributed.Context
+    out: Path
+    bundle: DataBundle
+    model: nn.Module  # what trains: the model, DDP-wrapped under torchrun
+    module: nn.Module  # the model itself (its state dict is the checkpoint's)
+    handle: object  # pdcr_ext.PDCRHandle (PDCR's loss and terms, UAFR's maps), or None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    seg_loss: object  # (logits, labels) -> scalar
+    sampler: DistributedSampler | None
+    drop_last: bool
+    total_steps: int
+    complexity: dict
+    roi: tuple | None  # sliding-window size (volumes) or None
+    progress: Progress = field(default_factory=Progress)
+
+    @property
+    def finished(self) -> bool:
+        cfg, progress = self.cfg, self.progress
+        return progress.epoch >= cfg.epochs or (cfg.max_steps is not None and progress.step >= cfg.max_steps)
+
+    @property
+    def amp(self):
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
+    """Runs `cfg` to the end; returns the summary (written to OUT/summary.json by rank 0).
+
+    `resume`: continue the run in cfg.out. `overwrite`: replace the run in cfg.out (else a
+    non-empty cfg.out is refused). Ctrl-C raises Interrupted, whose message says how to resume.
+    """
+    cfg.validate()
+    ctx = distributed.setup(cfg.device)
+    run = None
+    try:
+        run = set_up(cfg, ctx, resume=resume, overwrite=overwrite)
+        while not run.finished:
+            numbers = train_epoch(run)
+            end_epoch(run, numbers, validate(run))
+        return test(run)
+    except KeyboardInterrupt:
+        raise Interrupted(_how_to_continue(cfg, run)) from None
+    finally:
+        distributed.teardown(ctx)
+
+
+def _how_to_continue(cfg: TrainConfig, run: Run | None) -> str:
+    if run is None or not (run.out / "checkpoint_last.pt").is_file():
+        return f"interrupted while setting up; nothing was written to {cfg.out}"
+    if run.finished:
+        return f"interrupted while testing; test again with: pdcr-seg train --resume --out {run.out}"
+    p = run.progress
+    return (f"interrupted in epoch {p.epoch + 1} of {cfg.epochs} (step {p.step}); continue with: "
+            f"pdcr-seg train --resume --out {run.out}")
+
+
+# ---- set-up -------------------------------------------------------------------------------------
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -61,237 +155,303 @@ def segmentation_loss(cfg: TrainConfig):
     return lambda logits, labels: F.cross_entropy(logits, labels[:, 0], ignore_index=ignore)
 
 
-def random_transforms(dataset) -> list:
-    """The randomised MONAI transforms of a dataset, whose states a checkpoint keeps."""
-    transform = getattr(dataset, "transform", None)
-    return [t for t in getattr(transform, "transforms", []) if hasattr(t, "R")]
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # never a half-written checkpoint
-
-
-def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
-    """Runs `cfg` to the end; returns the summary (written to OUT/summary.json by rank 0)."""
-    cfg.validate()
-    ctx = distributed.setup(cfg.device)
+def check_model_fits(cfg: TrainConfig) -> bool:
+    """Refuses, before any image is read, a model that cannot be built or cannot take the run's
+    input size: the model is built on the meta device (no memory), and a narrow copy of it (width
+    8 at most: the strides, not the widths, decide which sizes fit) runs on one input of the
+    run's size. Returns whether the model has BatchNorm layers. Draws from torch's generator
+    (the copy's weights): call it before seeding."""
+    size = example_size(cfg)
+    option = "--patch-size" if cfg.dims == 3 else "--image-size"
+    shown = " ".join(map(str, size)) if cfg.dims == 3 else str(cfg.image_size)
+    build = lambda width: build_model(cfg.model, 1, cfg.num_classes or 2, width, spatial_dims=cfg.dims,
+                                      **model_options(cfg))
     try:
-        return _train(cfg, ctx, resume)
-    finally:
-        distributed.teardown(ctx)
+        with torch.device("meta"):
+            batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in build(cfg.width).modules())
+        probe = build(min(cfg.width or 8, 8) if cfg.model in MODELS else cfg.width).eval()
+    except ValueError as error:  # the model's own checks (width, dimensions)
+        raise ConfigError(f"--model {cfg.model}: {error}") from None
+
+    def runs_at(shape) -> str | None:
+        try:
+            with torch.no_grad():
+                logits = probe(torch.zeros(1, 1, *shape))
+        except Exception as error:  # a stride that does not divide the size, a map shrunk to nothing
+            return (str(error).splitlines() or [type(error).__name__])[0]
+        return None if tuple(logits.shape[2:]) == tuple(shape) else f"its output is {tuple(logits.shape[2:])}"
+
+    problem = runs_at(size)
+    if problem is not None:
+        hint = ""
+        for multiple in (8, 16, 32, 64):
+            fixed = tuple(multiple * math.ceil(s / multiple) for s in size)
+            if runs_at(fixed) is None:
+                hint = f"; {' '.join(map(str, fixed)) if cfg.dims == 3 else fixed[0]} works"
+                break
+        raise ConfigError(f"{option} {shown} does not fit --model {cfg.model} ({problem[:120]}){hint}")
+    return batch_norm
 
 
-def _train(cfg: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
-    out = Path(cfg.out)
-    last_path, best_path = out / "checkpoint_last.pt", out / "checkpoint_best.pt"
-    if resume and not last_path.is_file():
-        raise ConfigError(f"--resume: {last_path} does not exist")
+def check_batches(cfg: TrainConfig, per_rank: int, batch_norm: bool, distributed: bool = False) -> bool:
+    """Whether the last partial batch is dropped; a BatchNorm model never gets a batch of one."""
+    if batch_norm and cfg.batch_size == 1:
+        raise ConfigError(f"--batch-size 1: {cfg.model} has BatchNorm, whose training statistics need at "
+                          "least 2 images a batch; use --batch-size 2 or more")
+    if batch_norm and per_rank == 1:
+        raise ConfigError(f"the training split has 1 image{' per process' if distributed else ''}: "
+                          f"{cfg.model} has BatchNorm, whose training statistics need at least 2 images a batch")
+    return per_rank > cfg.batch_size  # drop the last partial batch; a split smaller than a batch is one batch
+
+
+def set_up(cfg: TrainConfig, ctx: distributed.Context, *, resume: bool, overwrite: bool) -> Run:
+    """Checks everything that can be checked, then builds the run; only its last part writes to
+    the run folder (rundir.prepare), so that a refused run changes nothing of an earlier one."""
+    out = Path(cfg.out) if cfg.out else rundir.new_run_folder(cfg.model)
+    cfg.out = str(out)
+    rundir.check_run_folder(out, resume=resume, overwrite=overwrite)
+    saved = load_checkpoint(out / "checkpoint_last.pt") if resume else None
+    if saved is not None:
+        check_same_run(saved["config"], cfg, out)
+    batch_norm = check_model_fits(cfg)
     seed_everything(cfg.seed)
     bundle = build_datasets(cfg.data, image_size=cfg.image_size, seed=cfg.seed, fraction=cfg.fraction,
                             augment=cfg.augment, num_classes=cfg.num_classes, dims=cfg.dims,
                             patch_size=cfg.patch_size, fold=cfg.fold,
                             **({"samples_per_epoch": cfg.samples_per_epoch} if cfg.dims == 3 else {}))
-    roi = inference_roi(cfg)
-    num_classes = bundle.num_classes
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "overlays").mkdir(exist_ok=True)
-        save_yaml(cfg, out / "config.yaml")
-        print(f"data: {bundle.description}", flush=True)
+    sampler = DistributedSampler(bundle.train, shuffle=True, seed=cfg.seed) if ctx.distributed else None
+    per_rank = len(sampler) if sampler else len(bundle.train)  # what each process's loader sees
+    drop_last = check_batches(cfg, per_rank, batch_norm, ctx.distributed)
+    steps_per_epoch = per_rank // cfg.batch_size if drop_last else 1
+    total_steps = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.epochs * steps_per_epoch,
+                                                                                  cfg.max_steps)
 
-    model, handle = build_run(cfg, bundle.in_channels, num_classes, torch.device("cpu"))
-    size = example_size(cfg)
-    complexity = model_complexity(model, (1, bundle.in_channels, *size))
+    model, handle = build_run(cfg, bundle.in_channels, bundle.num_classes, torch.device("cpu"))
+    complexity = model_complexity(model, (1, bundle.in_channels, *example_size(cfg)))
     projections = 0 if handle is None or handle.pdcr is None else sum(p.numel() for p in handle.pdcr.parameters())
     complexity["parameters_inference"] = complexity["parameters"] - projections  # PDCR trains only
     model.to(ctx.device)
-    if ctx.is_main:
-        print(f"model: {cfg.model} width {cfg.width or 'default'}: {complexity['parameters_inference'] / 1e6:.2f} M "
-              f"parameters, {complexity['macs'] / 1e9:.2f} GMACs at {'x'.join(map(str, size))}"
-              + (f"; PDCR layers {handle.pdcr_layers}" if handle and handle.pdcr else "")
-              + (f"; UAFR layers {handle.uafr_layers}" if handle and handle.uafr_layers else ""), flush=True)
     if cfg.sync_bn:
         if not ctx.distributed:
             raise ConfigError("--sync-bn needs several processes (torchrun)")
         if ctx.device.type != "cuda":
             raise ConfigError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    module = model
     if ctx.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    module = _unwrap(model)
-
-    sampler = DistributedSampler(bundle.train, shuffle=True, seed=cfg.seed) if ctx.distributed else None
-    per_rank = len(sampler) if sampler else len(bundle.train)  # what each process's loader sees
-    drop_last = per_rank > cfg.batch_size  # no batch of one (BatchNorm needs two values), never none
-    steps_per_epoch = per_rank // cfg.batch_size if drop_last else 1
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
-    seg_loss = segmentation_loss(cfg)
+    run = Run(cfg, ctx, out, bundle, model, module, handle, optimizer, scheduler, segmentation_loss(cfg), sampler,
+              drop_last, total_steps, complexity, inference_roi(cfg))
+    run.progress.run_id = distributed.broadcast(ctx, run.progress.run_id)  # one id for all processes
+    notes = list(bundle.notes)
+    if saved is not None:
+        notes += restore(run, saved)
 
-    start_epoch, step, history = 0, 0, []
-    best = {"dice": -math.inf, "epoch": None}
-    augmenters = random_transforms(bundle.train)
-    if resume:
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scheduler.T_max = max(total_steps, 1)  # the schedule of this invocation's epochs / max_steps
-        start_epoch, step, history, best = state["epoch"], state["step"], state["history"], state["best"]
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        for transform, augment_state in zip(augmenters, rng["augment"]):
-            transform.R.set_state(augment_state)
-        if ctx.is_main:
-            print(f"resumed from {last_path}: epoch {start_epoch}, step {step}", flush=True)
+    # Everything is checked: from here on the run folder changes.
+    if ctx.is_main:
+        rundir.prepare(out, overwrite=overwrite)
+        rundir.write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        print(f"run: {out}" + (f" (resumed from checkpoint_last.pt: {run.progress.epoch} epochs, "
+                               f"{run.progress.step} steps done)" if resume else ""), flush=True)
+        print(f"data: {bundle.description}", flush=True)
+        for note in notes:
+            print(f"note: {note}", flush=True)
+        print(f"model: {cfg.model} width {cfg.width or 'default'}: {complexity['parameters_inference'] / 1e6:.2f} M "
+              f"parameters, {complexity['macs'] / 1e9:.2f} GMACs at {'x'.join(map(str, example_size(cfg)))}"
+              + (f"; PDCR layers {handle.pdcr_layers}" if handle and handle.pdcr else "")
+              + (f"; UAFR layers {handle.uafr_layers}" if handle and handle.uafr_layers else ""), flush=True)
+        if not resume:
+            rundir.save_checkpoint(out / "checkpoint_last.pt", state_of(run))  # resumable from the start
+    distributed.barrier(ctx)
+    return run
 
-    def checkpoint(epoch_done: int) -> dict:
-        return {
-            "config": cfg.to_dict(), "model": module.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch_done, "step": step, "history": history,
-            "best": best,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                    "augment": [t.R.get_state() for t in augmenters]},
-            "data": {"in_channels": bundle.in_channels, "num_classes": num_classes,
-                     "class_names": list(bundle.class_names), "description": bundle.description},
-            "complexity": complexity,
-        }
 
-    amp = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.max_steps is not None and step >= cfg.max_steps:
-            break
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        order = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)  # the same order on resume
-        # worker processes re-seed the augmentation (MONAI's worker_init_fn): else every worker
-        # would repeat the same draws
-        loader = DataLoader(bundle.train, batch_size=cfg.batch_size, drop_last=drop_last,
-                            sampler=sampler or RandomSampler(bundle.train, generator=order),
-                            num_workers=cfg.workers, worker_init_fn=worker_init_fn if cfg.workers else None)
-        model.train()
-        sums = {"loss": 0.0, "seg": 0.0, "pdcr": 0.0}
-        term_sums: dict[str, float] = {}
-        steps_this_epoch = 0
-        started = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not ctx.is_main, leave=False,
-                   dynamic_ncols=True)
+# ---- one epoch ----------------------------------------------------------------------------------
+
+def epoch_loader(run: Run) -> DataLoader:
+    """The training batches of the current epoch, in an order fixed by (seed, epoch)."""
+    cfg, epoch = run.cfg, run.progress.epoch
+    if run.sampler is not None:
+        run.sampler.set_epoch(epoch)
+    order = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+    # worker processes re-seed the augmentation (MONAI's worker_init_fn) from the loader's base
+    # seed, drawn from torch's generator: else every worker would repeat the same draws
+    return DataLoader(run.bundle.train, batch_size=cfg.batch_size, drop_last=run.drop_last,
+                      sampler=run.sampler or RandomSampler(run.bundle.train, generator=order),
+                      num_workers=cfg.workers, worker_init_fn=worker_init_fn if cfg.workers else None)
+
+
+def train_step(run: Run, batch: dict) -> dict:
+    """One optimisation step on one batch.
+
+    Returns this step's numbers, which train_epoch averages over the epoch into the history as
+    train_<name>: loss (the total), seg (the segmentation loss), pdcr (weight x eq. 12), dice
+    (of the batch), and terms (each PDCR layer's and pair's term, a dict). A new per-step
+    measurement is one more entry here.
+    """
+    cfg, ctx = run.cfg, run.ctx
+    images = batch["image"].to(ctx.device, non_blocking=True)
+    labels = batch["label"].to(ctx.device, non_blocking=True)
+    with run.amp:
+        logits = run.model(images)
+        seg = run.seg_loss(logits.float(), labels)
+        pdcr = run.handle.loss(labels) if cfg.pdcr else torch.zeros((), device=ctx.device)
+    loss = seg + pdcr
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the loss is {float(loss)} at step {run.progress.step + 1} (segmentation "
+                                 f"{float(seg)}, PDCR {float(pdcr)}); lower --lr or --pdcr-weight")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    run.progress.step += 1
+    return {
+        "loss": float(loss.detach()), "seg": float(seg.detach()), "pdcr": float(pdcr.detach()),
+        "dice": batch_dice(logits.detach().float(), labels, run.bundle.num_classes, cfg.ignore_index),
+        "terms": {name: float(value) for name, value in run.handle.terms.items()} if cfg.pdcr else {},
+    }
+
+
+def train_epoch(run: Run) -> dict:
+    """Trains one epoch; returns the epoch means of train_step's numbers (over ranks), the
+    steps taken and the seconds per step."""
+    cfg, ctx = run.cfg, run.ctx
+    sums: dict[str, float] = {}
+    term_sums: dict[str, float] = {}
+    steps = 0
+    run.model.train()
+    started = time.perf_counter()
+    bar = tqdm(epoch_loader(run), desc=f"epoch {run.progress.epoch + 1}/{cfg.epochs}", disable=not ctx.is_main,
+               leave=False, dynamic_ncols=True)
+    try:
         for batch in bar:
-            images = batch["image"].to(ctx.device, non_blocking=True)
-            labels = batch["label"].to(ctx.device, non_blocking=True)
-            with amp:
-                logits = model(images)
-                seg = seg_loss(logits.float(), labels)
-                pdcr = handle.loss(labels) if cfg.pdcr else torch.zeros((), device=ctx.device)
-            loss = seg + pdcr
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss is {float(loss)} at step {step} "
-                                         f"(segmentation {float(seg)}, PDCR {float(pdcr)})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            steps_this_epoch += 1
-            sums["loss"] += float(loss.detach())
-            sums["seg"] += float(seg.detach())
-            sums["pdcr"] += float(pdcr.detach())
-            terms = handle.terms if cfg.pdcr else {}
-            for name, value in terms.items():
-                term_sums[name] = term_sums.get(name, 0.0) + float(value)
+            numbers = train_step(run, batch)
+            steps += 1
+            for name, value in numbers["terms"].items():
+                term_sums[name] = term_sums.get(name, 0.0) + value
+            for name, value in numbers.items():
+                if name != "terms":
+                    sums[name] = sums.get(name, 0.0) + value
             if ctx.is_main:
-                shown = {"loss": f"{float(loss.detach()):.3g}", "ce": f"{float(seg.detach()):.3f}"}
+                shown = {"loss": f"{numbers['loss']:.3g}", "ce": f"{numbers['seg']:.3f}"}
                 if cfg.pdcr:
-                    shown["pdcr"] = f"{float(pdcr.detach()):.3g}"
-                    shown.update({name: f"{float(v):.4g}" for name, v in terms.items()})
-                shown["dice"] = f"{batch_dice(logits.detach().float(), labels, num_classes, cfg.ignore_index):.3f}"
+                    shown["pdcr"] = f"{numbers['pdcr']:.3g}"
+                    shown.update({name: f"{v:.4g}" for name, v in numbers["terms"].items()})
+                shown["dice"] = f"{numbers['dice']:.3f}"
                 bar.set_postfix(shown, refresh=False)
-            if cfg.max_steps is not None and step >= cfg.max_steps:
+            if cfg.max_steps is not None and run.progress.step >= cfg.max_steps:
                 break
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize()
-        train_seconds = time.perf_counter() - started
-        val = evaluate(module, bundle.val, num_classes, ctx, batch_size=cfg.batch_size,
-                       ignore_index=cfg.ignore_index, amp=cfg.amp, roi=roi)
-        n = max(steps_this_epoch, 1)
-        record = {
-            "epoch": epoch, "steps": steps_this_epoch, "step": step,
-            "train_loss": distributed.mean(ctx, sums["loss"] / n),
-            "train_seg": distributed.mean(ctx, sums["seg"] / n),
-            "train_pdcr": distributed.mean(ctx, sums["pdcr"] / n),
-            "train_terms": {k: distributed.mean(ctx, v / n) for k, v in term_sums.items()},
-            "seconds_per_step": train_seconds / n,
-            "lr": scheduler.get_last_lr()[0],
-            "val": val,
-        }
-        history.append(record)
-        improved = not math.isnan(val["dice"]) and val["dice"] > best["dice"]
-        if improved:
-            best = {"dice": val["dice"], "epoch": epoch}
-        if ctx.is_main:
-            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4g} (CE {record['train_seg']:.4f}"
-                  + (f", PDCR {record['train_pdcr']:.4g}" if cfg.pdcr else "")
-                  + f"), val Dice {figures.fmt(val['dice'])} Jaccard {figures.fmt(val['jaccard'])}"
-                  f" HD95 {figures.fmt(val['hd95'], 2)}, {record['seconds_per_step']:.3f} s/step", flush=True)
-            state = checkpoint(epoch + 1)
-            _save(last_path, state)
-            if improved or not best_path.exists():
-                _save(best_path, state)
-        distributed.barrier(ctx)
+    finally:
+        bar.close()
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    n = max(steps, 1)
+    return {
+        "steps": steps,
+        "seconds_per_step": (time.perf_counter() - started) / n,
+        "means": {name: distributed.mean(ctx, value / n) for name, value in sums.items()},
+        "terms": {name: distributed.mean(ctx, value / n) for name, value in term_sums.items()},
+    }
 
-    # test with the best epoch's weights
-    best_state = torch.load(best_path, map_location="cpu", weights_only=False)
-    module.load_state_dict(best_state["model"])
-    test = evaluate(module, bundle.test, num_classes, ctx, batch_size=cfg.batch_size,
-                    ignore_index=cfg.ignore_index, amp=cfg.amp, roi=roi)
+
+# ---- validation and the end of an epoch ---------------------------------------------------------
+
+def validate(run: Run) -> dict:
+    """Metrics of the model on the validation split (metrics.summarize's dict)."""
+    return evaluate(run.module, run.bundle.val, run.bundle.num_classes, run.ctx, batch_size=run.cfg.batch_size,
+                    ignore_index=run.cfg.ignore_index, amp=run.cfg.amp, roi=run.roi)
+
+
+def end_epoch(run: Run, numbers: dict, val: dict) -> None:
+    """Records the epoch, keeps the best one (the highest validation Dice; while no epoch has a
+    defined Dice, the latest), writes the checkpoints and prints the epoch's line."""
+    cfg, progress = run.cfg, run.progress
+    epoch = progress.epoch
+    record = {
+        "epoch": epoch, "steps": numbers["steps"], "step": progress.step,
+        **{f"train_{name}": value for name, value in numbers["means"].items()},
+        "train_terms": numbers["terms"],
+        "seconds_per_step": numbers["seconds_per_step"],
+        "lr": run.scheduler.get_last_lr()[0],
+        "val": val,
+    }
+    for name in ("loss", "seg", "pdcr"):  # an epoch cut to no step by --max-steps still has them
+        record.setdefault(f"train_{name}", 0.0)
+    progress.history.append(record)
+    defined = not math.isnan(val["dice"])
+    improved = (defined and (progress.best_dice is None or val["dice"] > progress.best_dice)) or \
+               (not defined and progress.best_dice is None)
+    if improved:
+        progress.best_epoch, progress.best_dice = epoch, (val["dice"] if defined else None)
+    progress.epoch += 1
+    if run.ctx.is_main:
+        state = state_of(run)
+        rundir.save_checkpoint(run.out / "checkpoint_last.pt", state)
+        if improved:
+            rundir.save_checkpoint(run.out / "checkpoint_best.pt", state)
+        print(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4g} (CE {record['train_seg']:.4f}"
+              + (f", PDCR {record['train_pdcr']:.4g}" if cfg.pdcr else "")
+              + f"), val Dice {figures.fmt(val['dice'])} Jaccard {figures.fmt(val['jaccard'])}"
+              f" HD95 {figures.fmt(val['hd95'], 2)}, {record['seconds_per_step']:.3f} s/step", flush=True)
+    distributed.barrier(run.ctx)
+
+
+# ---- test ---------------------------------------------------------------------------------------
+
+def test(run: Run) -> dict:
+    """Tests this run's best checkpoint, writes summary.json, progress.png and overlays/."""
+    cfg, ctx, progress, bundle = run.cfg, run.ctx, run.progress, run.bundle
+    best_path = run.out / "checkpoint_best.pt"
+    best = load_checkpoint(best_path) if best_path.is_file() else None
+    if best is None or best.get("run_id") != progress.run_id:
+        raise RunError(f"{best_path} is missing or belongs to another run; this run's test needs its own")
+    run.module.load_state_dict(best["model"])
+    test_metrics = evaluate(run.module, bundle.test, bundle.num_classes, ctx, batch_size=cfg.batch_size,
+                            ignore_index=cfg.ignore_index, amp=cfg.amp, roi=run.roi)
+    history = progress.history
     step_times = [h["seconds_per_step"] for h in history[1:]] or [h["seconds_per_step"] for h in history]
     summary = {
         "config": cfg.to_dict(),
+        "run_id": progress.run_id,
         "data": bundle.description,
-        "num_classes": num_classes,
+        "data_notes": list(bundle.notes),
+        "num_classes": bundle.num_classes,
         "class_names": list(bundle.class_names),
-        "complexity": complexity,
+        "complexity": run.complexity,
         "world_size": ctx.world_size,
         "device": str(ctx.device),
         "epochs": history,
-        "best_epoch": best["epoch"],
-        "steps": step,
+        "best_epoch": progress.best_epoch,
+        "steps": progress.step,
         "seconds_per_step": float(np.median(step_times)) if step_times else None,
-        "test": {key: test[key] for key in ("dice", "jaccard", "accuracy", "hd95", "dice_per_class",
-                                            "jaccard_per_class", "hd95_per_class", "hd95_undefined", "images")},
+        "test": {key: test_metrics[key] for key in ("dice", "jaccard", "accuracy", "hd95", "dice_per_class",
+                                                    "jaccard_per_class", "hd95_per_class", "hd95_undefined",
+                                                    "images")},
     }
     if ctx.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        out = run.out
+        rundir.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         title = f"{cfg.model} on {cfg.data}" + (" + PDCR" if cfg.pdcr else "") + (" + UAFR" if cfg.uafr else "")
-        figures.progress(history, out / "progress.png", title)
-        write_overlays(module, handle, bundle.test, num_classes, ctx.device, out / "overlays", cfg.overlays, title,
-                       roi=roi)
-        print(f"test ({test['images']} images, best epoch {best['epoch'] + 1 if best['epoch'] is not None else '-'}): "
-              f"Dice {figures.fmt(test['dice'])} Jaccard {figures.fmt(test['jaccard'])} "
-              f"accuracy {figures.fmt(test['accuracy'])} HD95 {figures.fmt(test['hd95'], 2)}", flush=True)
+        seg_name = "Dice + cross-entropy" if cfg.dice_loss else "cross-entropy"
+        rundir.atomic_write(out / "progress.png", lambda file: figures.progress(history, file, title, seg_name))
+        write_overlays(run.module, run.handle, bundle.test, bundle.num_classes, ctx.device, out / "overlays",
+                       cfg.overlays, title, roi=run.roi, class_names=bundle.class_names)
+        best_epoch = "-" if progress.best_epoch is None else progress.best_epoch + 1
+        print(f"test ({test_metrics['images']} images, best epoch {best_epoch}): "
+              f"Dice {figures.fmt(test_metrics['dice'])} Jaccard {figures.fmt(test_metrics['jaccard'])} "
+              f"accuracy {figures.fmt(test_metrics['accuracy'])} HD95 {figures.fmt(test_metrics['hd95'], 2)}",
+              flush=True)
         print(f"wrote {out}/: summary.json, progress.png, overlays/, checkpoint_best.pt", flush=True)
     return summary
 
 
 def write_overlays(model: nn.Module, handle, dataset, num_classes: int, device: torch.device,
-                   folder: Path, count: int, title: str = "", roi=None) -> list[Path]:
+                   folder: Path, count: int, title: str = "", roi=None, class_names=None) -> list[Path]:
     """The first `count` items of `dataset`: image | truth | prediction | UAFR uncertainty (for
-    volumes, three slices of each)."""
+    volumes, three slices of each), each written atomically."""
     layer = uncertainty_layer(model, handle)
     paths = []
     was_training = model.training
@@ -302,12 +462,10 @@ def write_overlays(model: nn.Module, handle, dataset, num_classes: int, device: 
             prediction, u = segment(model, handle, layer, item["image"].to(device), roi)
             path = folder / f"{index:02d}_{item['name']}.png".replace("/", "_")
             kwargs = dict(uncertainty=None if u is None else u.numpy(), uncertainty_name=layer or "",
-                          title=f"{title} — {item['name']}", num_classes=num_classes)
-            if item["image"].dim() == 4:  # (C, D, H, W)
-                figures.volume_overlay(item["image"].numpy(), item["label"][0].numpy(), prediction.numpy(), path,
-                                       **kwargs)
-            else:
-                figures.overlay(item["image"].numpy(), item["label"][0].numpy(), prediction.numpy(), path, **kwargs)
+                          title=f"{title} — {item['name']}", num_classes=num_classes, class_names=class_names)
+            draw = figures.volume_overlay if item["image"].dim() == 4 else figures.overlay  # (C, D, H, W): a volume
+            rundir.atomic_write(path, lambda file: draw(item["image"].numpy(), item["label"][0].numpy(),
+                                                        prediction.numpy(), file, **kwargs))
             paths.append(path)
     finally:
         model.train(was_training)

@@ -58,6 +58,7 @@ class RawSplits:
     class_names: tuple[str, ...]
     description: str
     repeat: int = 1  # volumes: each training item this many times an epoch (random crops)
+    notes: tuple[str, ...] = ()  # one line each: what was decided about the data (printed by train)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class DataBundle:
     num_classes: int
     class_names: tuple[str, ...]
     description: str
+    notes: tuple[str, ...] = ()  # one line each: a choice made about the data (thresholded masks, a split)
 
 
 def build_datasets(
@@ -158,6 +160,7 @@ def build_datasets(
         num_classes=raw.num_classes,
         class_names=tuple(raw.class_names),
         description=description,
+        notes=tuple(raw.notes),
     )
 
 
