@@ -28,7 +28,7 @@ $(VENV)/.deps: requirements-dev.txt
 $(VENV)/.built: $(VENV)/.deps $(NATIVE_SOURCES)
 	$(PY) setup.py -q build_ext --inplace
 	@$(PY) -c "import os, site; open(os.path.join(site.getsitepackages()[0], 'pdcr_ext_dev.pth'), 'w').write('$(CURDIR)\n$(CURDIR)/python\n')"
-	@printf '#!%s\nimport sys\nfrom pdcr_seg.cli import main\nsys.exit(main())\n' "$(abspath $(PY))" > $(VENV)/bin/pdcr-seg
+	@printf '#!%s\nimport sys\nfrom pdcr_seg.console import main\nsys.exit(main())\n' "$(abspath $(PY))" > $(VENV)/bin/pdcr-seg
 	@chmod +x $(VENV)/bin/pdcr-seg
 	@touch $@
 
@@ -42,6 +42,7 @@ bench: build
 	$(PY) benchmarks/bench_uafr.py
 	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_volumes.py
+	$(PY) benchmarks/bench_contention.py
 
 # The main job: a small UNet with PDCR and UAFR on real nuclei tiles, evaluated, with figures
 # (runs/demo/). About 3 minutes on a 2-core CPU once built.
@@ -70,7 +71,7 @@ cuda-check: $(CUDA_VENV)/.deps
 	CUDA_HOME=$(CUDA_HOME) PATH=$(CUDA_HOME)/bin:$$PATH FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" \
 	CPATH=$$($(CUDA_PY) -c 'import os, nvidia; print(os.path.join(list(nvidia.__path__)[0], "cu13", "include"))') \
 		$(CUDA_PY) setup.py -q build_ext --build-temp build/cuda-temp --build-lib build/cuda-lib
-	$(CUDA_PY) benchmarks/check_cuda_build.py build/cuda-lib
+	$(CUDA_PY) benchmarks/check_cuda_build.py build/cuda-lib "$(CUDA_ARCHS)"
 
 # On a GPU machine with torch preinstalled (no network): build in place, CUDA tests, GPU benchmark.
 gpu-check:

@@ -10,6 +10,11 @@
 #include "cuda/cuda_api.h"
 #endif
 
+// The CUDA architectures of this build: setup.py passes TORCH_CUDA_ARCH_LIST as comma-separated
+// tokens (-DPDCR_CUDA_ARCHS=8.0,9.0+PTX); # turns them back into the string "8.0,9.0+PTX".
+#define PDCR_STRINGIFY(...) #__VA_ARGS__
+#define PDCR_STRING(...) PDCR_STRINGIFY(__VA_ARGS__)
+
 TORCH_LIBRARY(pdcr, m) {
   // Receptive-field boxes (eqs. 5-7) or square patches (H-PDCR) of feature positions, 2-D or 3-D.
   // positions (..., 2) int64 as (row, col) -> (..., 4) int64 as (y0, x0, y1, x1), inclusive;
@@ -49,6 +54,13 @@ PYBIND11_MODULE(_C, module) {
              "Instruction sets this build has kernels for and this CPU supports.");
   module.def("set_cpu_isa", &pdcr::cpu::set_active_isa, pybind11::arg("name"),
              "Select the CPU dragsaw kernels (for tests and benchmarks); raises if unsupported.");
+#if defined(PDCR_WITH_CUDA) && defined(PDCR_CUDA_ARCHS)
+  module.def("cuda_arch_list", []() { return std::string(PDCR_STRING(PDCR_CUDA_ARCHS)); },
+             "CUDA architectures this build targets (TORCH_CUDA_ARCH_LIST at build time).");
+#else
+  module.def("cuda_arch_list", []() { return std::string(); },
+             "CUDA architectures this build targets; empty: none (or not recorded).");
+#endif
 #if defined(PDCR_WITH_CUDA)
   module.def("has_cuda_kernels", []() { return true; });
   module.def("cuda_backward", &pdcr::cuda::backward_variant_name,
