@@ -236,14 +236,19 @@ def test_loss_is_nnunet_loss_plus_pdcr(planned, one_thread):
     assert torch.allclose(direction(trainer.pdcr_handle.pdcr), direction(pdcr), atol=1e-5)
 
 
-def test_ignore_label_is_pdcr_ignore_index(planned, one_thread):
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_ignore_label_is_pdcr_ignore_index(planned, configuration, one_thread, monkeypatch):
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer
     from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
     from pdcr_seg.nnunet import trainers
 
+    # only 3d_fullres was preprocessed; no data is read here
+    monkeypatch.setattr(nnunet_trainer, "infer_dataset_class", lambda folder: nnUNetDatasetBlosc2)
     dataset_json = load_json(str(planned["preprocessed"] / "dataset.json"))
     dataset_json["labels"] = {"background": 0, "nucleus": 1, "ignore": 2}
-    trainer = make_trainer(planned, trainers.nnUNetTrainerPDCRUAFR_tiny, dataset_json=dataset_json)
+    trainer = make_trainer(planned, trainers.nnUNetTrainerPDCRUAFR_tiny, configuration, dataset_json=dataset_json)
     trainer.initialize()
     assert trainer.pdcr_handle.pdcr.ignore_index == 2 and trainer.pdcr_handle.pdcr.num_classes == 2
     out = trainer.train_step(make_batch(trainer, seed=2, ignore_label=2))

@@ -349,10 +349,12 @@ class nnUNetTrainerPDCRUAFR(_PaperMethodsTrainer):
     uafr = True
 
 
-def _short(base: type, suffix: str, epochs: int, iterations: int | None = None,
+def short_schedule(base: type, suffix: str, epochs: int, iterations: int | None = None,
            val_iterations: int | None = None, mirroring: bool = True) -> type:
-    """`base` on a shorter schedule, named `<base>_<suffix>` (nnU-Net's class search finds classes
-    by name); mirroring=False drops mirroring from the augmentation and from test-time
+    """`base` (any nnU-Net trainer class) on a shorter schedule, named `<base>_<suffix>`: `epochs`
+    epochs of `iterations` training and `val_iterations` validation iterations (nnU-Net's 250 and
+    50 when None). nnU-Net's commands find a class by name in modules they import: a class made
+    here at run time is for Python use (benchmarks/nnunet_experiment.py); mirroring=False drops mirroring from the augmentation and from test-time
     augmentation, as nnU-Net's nnUNetTrainerNoMirroring (8 times fewer sliding-window passes in 3-D)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -380,12 +382,12 @@ def _short(base: type, suffix: str, epochs: int, iterations: int | None = None,
     return type(name, (base,), members)
 
 
-nnUNetTrainerPDCR_1epoch = _short(nnUNetTrainerPDCR, "1epoch", 1)
-nnUNetTrainerUAFR_1epoch = _short(nnUNetTrainerUAFR, "1epoch", 1)
-nnUNetTrainerPDCRUAFR_1epoch = _short(nnUNetTrainerPDCRUAFR, "1epoch", 1)
-nnUNetTrainerPDCR_5epochs = _short(nnUNetTrainerPDCR, "5epochs", 5)
-nnUNetTrainerUAFR_5epochs = _short(nnUNetTrainerUAFR, "5epochs", 5)
-nnUNetTrainerPDCRUAFR_5epochs = _short(nnUNetTrainerPDCRUAFR, "5epochs", 5)
-nnUNetTrainerPDCR_tiny = _short(nnUNetTrainerPDCR, "tiny", 1, 2, 1, mirroring=False)
-nnUNetTrainerUAFR_tiny = _short(nnUNetTrainerUAFR, "tiny", 1, 2, 1, mirroring=False)
-nnUNetTrainerPDCRUAFR_tiny = _short(nnUNetTrainerPDCRUAFR, "tiny", 1, 2, 1, mirroring=False)
+nnUNetTrainerPDCR_1epoch = short_schedule(nnUNetTrainerPDCR, "1epoch", 1)
+nnUNetTrainerUAFR_1epoch = short_schedule(nnUNetTrainerUAFR, "1epoch", 1)
+nnUNetTrainerPDCRUAFR_1epoch = short_schedule(nnUNetTrainerPDCRUAFR, "1epoch", 1)
+nnUNetTrainerPDCR_5epochs = short_schedule(nnUNetTrainerPDCR, "5epochs", 5)
+nnUNetTrainerUAFR_5epochs = short_schedule(nnUNetTrainerUAFR, "5epochs", 5)
+nnUNetTrainerPDCRUAFR_5epochs = short_schedule(nnUNetTrainerPDCRUAFR, "5epochs", 5)
+nnUNetTrainerPDCR_tiny = short_schedule(nnUNetTrainerPDCR, "tiny", 1, 2, 1, mirroring=False)
+nnUNetTrainerUAFR_tiny = short_schedule(nnUNetTrainerUAFR, "tiny", 1, 2, 1, mirroring=False)
+nnUNetTrainerPDCRUAFR_tiny = short_schedule(nnUNetTrainerPDCRUAFR, "tiny", 1, 2, 1, mirroring=False)
