@@ -475,6 +475,7 @@ def test_end_to_end_as_a_user_runs_it(planned, tmp_path):
     shutil.copytree(Path(nnunetv2.__file__).parent, library / "nnunetv2",
                     ignore=shutil.ignore_patterns("__pycache__"))
     env = nnunet_env(planned["root"], nnUNet_n_proc_DA=0,  # augmentation in the main process (2 cores)
+                     nnUNet_results=tmp_path / "results",  # not the other tests' trainers' folders
                      PYTHONPATH=os.pathsep.join([str(library), str(ROOT), str(ROOT / "python")]))
     installed = library / "nnunetv2" / "training" / "nnUNetTrainer" / MODULE
     output, _ = run([sys.executable, "-m", "pdcr_seg", "nnunet", "install"], env)
@@ -484,8 +485,10 @@ def test_end_to_end_as_a_user_runs_it(planned, tmp_path):
     trainer = "nnUNetTrainerPDCRUAFR_tiny"
     output, seconds["train"] = run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
                                     "-device", "cpu"], env)
-    fold = planned["root"] / "results" / planned["raw"].name / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
-    log = next(fold.glob("training_log_*.txt")).read_text()
+    fold = tmp_path / "results" / planned["raw"].name / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+    logs = list(fold.glob("training_log_*.txt"))
+    assert len(logs) == 1
+    log = logs[0].read_text()
     assert "PDCR on encoder.stages.1" in log and "pdcr_loss" in log and "pdcr_terms" in log
     assert (fold / "progress.png").is_file() and (fold / "validation" / "summary.json").is_file()
     checkpoint = torch.load(fold / "checkpoint_final.pth", weights_only=False)

@@ -157,7 +157,7 @@ class PDCRLogger(LocalLogger):
         ax.set_ylabel("learning rate")
         ax.legend(loc=(0, 1))
         ax, ax2 = axes[3], axes[3].twinx()
-        ax.plot(x, log["pdcr_losses"][:epoch + 1], color="k", ls="-", label="PDCR term (weighted; optimised with loss_tr)",
+        ax.plot(x, log["pdcr_losses"][:epoch + 1], color="k", ls="-", label="PDCR term (weighted)",
                 linewidth=4)
         names = list(log["pdcr_terms"][epoch]) if epoch >= 0 and log["pdcr_terms"] else []
         for i, name in enumerate(names):
@@ -169,7 +169,7 @@ class PDCRLogger(LocalLogger):
         ax.set_ylabel("PDCR term")
         ax2.set_ylabel("layer term (before the weight)")
         ax.legend(loc=(0, 1))
-        ax2.legend(loc=(0.3, 1), fontsize="small", ncol=2)
+        ax2.legend(loc=(0.4, 1), fontsize="small", ncol=2)
         plt.tight_layout()
         fig.savefig(os.path.join(output_folder, "progress.png"))
         plt.close(fig)
