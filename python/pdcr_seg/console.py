@@ -22,6 +22,8 @@ SEG_EXTRA_MODULES = {
     "matplotlib": "matplotlib",
     "pyyaml": "yaml",
     "tqdm": "tqdm",
+    "pydicom": "pydicom",  # --data lung-ct reads DICOM
+    "scikit-image": "skimage",  # and rasterises its contours
 }
 INSTALL_HINT = 'pip install "pdcr_ext[seg]"'
 
