@@ -18,7 +18,7 @@ Tables VI and VII for the choice of layers):
     PDCR, encoder stage 3       encoder.stages.2                            64
     PDCR, encoder stage 4       encoder.stages.3                            32
     PDCR, every decoder stage   decoder.stages.0 .. decoder.stages.{S-2}    8 each
-    PDCR cross-layer pair       (encoder.stages.1, encoder.stages.2)        128 x 64
+    PDCR cross-layer pair       (encoder.stages.1, encoder.stages.2)        32 x 32
     UAFR                        every encoder.stages.i and decoder.stages.j
     =========================  ==========================================  ===============
 
