@@ -23,10 +23,17 @@ HAS_CUDA = torch.cuda.is_available() and pdcr_ext.has_cuda_kernels
 requires_native = pytest.mark.skipif(not pdcr_ext.native_available, reason="extension not built")
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "native_raises: makes (or could make) a native op raise a C++ exception; such "
+        "exceptions crashed the process on one GPU image, so gpu_check.sh runs each of these "
+        "tests in a process of its own")
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device and the CUDA kernels")
     for item in items:
-        if "cuda" in item.keywords and not HAS_CUDA:
+        if item.get_closest_marker("cuda") is not None and not HAS_CUDA:  # the marker, not a folder named cuda
             item.add_marker(skip_cuda)
 
 
