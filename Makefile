@@ -75,7 +75,7 @@ cuda-check: $(CUDA_VENV)/.deps
 # On a GPU machine with torch preinstalled (no network), about 8 minutes: versions, build in place,
 # the CUDA tests (crash-prone ones each in a process of its own), the C++-exception diagnosis, the
 # GPU benchmarks, then the rest of the suite in the time left; logs and results under
-# build/gpu-check/<date-time> (benchmarks/gpu_check.sh says more). DRY_RUN=1: the CPU dry run.
+# runs/gpu-check/<date-time> (benchmarks/gpu_check.sh says more). DRY_RUN=1: the CPU dry run.
 gpu-check:
 	bash benchmarks/gpu_check.sh
 

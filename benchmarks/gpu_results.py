@@ -1,6 +1,6 @@
 """Copies the results of one GPU check (benchmarks/gpu_check.sh) into benchmarks/results:
 
-    make gpu-results FROM=build/gpu-check/20261205-101500    # the run's folder, or
+    make gpu-results FROM=runs/gpu-check/20261205-101500    # the run's folder, or
     make gpu-results FROM=gpu-check.tar.gz                   # the archive it wrote (ARCHIVE=...)
 
 The benchmarks' JSON and Markdown (<machine>.json, uafr-<machine>.*, train-step-<machine>-amp.*,

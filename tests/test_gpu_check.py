@@ -43,6 +43,9 @@ def test_gpu_check_dry_run_reports_every_step_and_its_results_copy(tmp_path):
     assert "test_cuda.py::test_float16_kernel_gradients_do_not_underflow" not in raising
     assert "deselected" in (results / "cuda-tests.log").read_text()  # the others, run together
     assert "not found" not in summary  # every benchmark script and option exists
+    again = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, text=True,
+                           capture_output=True, timeout=60)
+    assert again.returncode == 2 and "earlier run's results" in again.stderr  # never overwritten
     # one command copies the run (from its archive) into a results folder
     with tarfile.open(tmp_path / "gpu-check.tar.gz") as archive:
         assert "run-1/summary.txt" in archive.getnames()
