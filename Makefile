@@ -9,7 +9,7 @@ TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 NATIVE_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 PYTEST_ARGS ?=
 
-.PHONY: test bench build demo experiment clean cuda-check gpu-check
+.PHONY: test bench build demo experiment clean cuda-check gpu-check gpu-results
 
 # Packages installed only for the real images they ship (found with importlib.util.find_spec, read
 # with tifffile / pydicom, never imported), so without their dependencies: stardist (nuclei image
@@ -77,9 +77,16 @@ cuda-check: $(CUDA_VENV)/.deps
 		$(CUDA_PY) setup.py -q build_ext --build-temp build/cuda-temp --build-lib build/cuda-lib
 	$(CUDA_PY) benchmarks/check_cuda_build.py build/cuda-lib "$(CUDA_ARCHS)"
 
-# On a GPU machine with torch preinstalled (no network): build in place, CUDA tests, GPU benchmark.
+# On a GPU machine with torch preinstalled (no network), about 8 minutes: versions, build in place,
+# the CUDA tests (crash-prone ones each in a process of its own), the C++-exception diagnosis, the
+# GPU benchmarks, then the rest of the suite in the time left; logs and results under
+# runs/gpu-check/<date-time> (benchmarks/gpu_check.sh says more). DRY_RUN=1: the CPU dry run.
 gpu-check:
 	bash benchmarks/gpu_check.sh
+
+# Copies one GPU check's results into benchmarks/results (FROM= its folder or its .tar.gz archive).
+gpu-results:
+	$(PYTHON) benchmarks/gpu_results.py $(FROM)
 
 clean:
 	rm -rf build pdcr_ext/_C*.so *.egg-info $(VENV)/.built
