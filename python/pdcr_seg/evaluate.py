@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .config import ConfigError, TrainConfig, from_dict
+from .config import ConfigError, TrainConfig, from_run
 from .methods import attach_methods
 from .metrics import per_image_metrics, summarize
 from .models import build_model
@@ -130,7 +130,7 @@ def load_run(checkpoint: str | Path, device: torch.device):
         raise RunError(f"checkpoint {path} cannot be read: {error}") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise RunError(f"{path} is not a pdcr-seg checkpoint")
-    cfg = from_dict(state["config"])
+    cfg = from_run(state["config"], source=f"{path}'s config")  # an older run with its own values
     data = state["data"]
     model, handle = build_run(cfg, data["in_channels"], data["num_classes"], device)
     model.load_state_dict(state["model"])
