@@ -415,7 +415,7 @@ def train_epoch(run: Run) -> dict:
 def validate(run: Run) -> dict:
     """Metrics of the model on the validation split (metrics.summarize's dict)."""
     return evaluate(run.module, run.bundle.val, run.bundle.num_classes, run.ctx, batch_size=run.cfg.batch_size,
-                    ignore_index=run.cfg.ignore_index, amp=run.cfg.amp, roi=run.roi)
+                    ignore_index=run.cfg.ignore_index, amp=run.cfg.amp, roi=run.roi, per_item=False)
 
 
 def end_epoch(run: Run, numbers: dict, val: dict) -> None:
@@ -488,7 +488,7 @@ def test(run: Run) -> dict:
         **(pdcr_summary(cfg, progress) if cfg.pdcr else {}),
         "test": {key: test_metrics[key] for key in ("dice", "jaccard", "accuracy", "hd95", "dice_per_class",
                                                     "jaccard_per_class", "hd95_per_class", "hd95_undefined",
-                                                    "images")},
+                                                    "images", "per_image", "per_volume") if key in test_metrics},
     }
     if ctx.is_main:
         out = run.out
