@@ -86,7 +86,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pdcr-cross-samples", type=_count_or("own"), default=S, metavar="N|own",
                    help=f"N on each layer of a cross-layer pair (default {d.pdcr_cross_samples}; own: each layer's N)")
     g.add_argument("--pdcr-target-ratio", type=float, default=S, metavar="R",
-                   help="set the PDCR weight so that ||grad PDCR|| / ||grad CE|| is R: measured over the first "
+                   help="set the PDCR weight so that ||grad PDCR|| / ||grad seg|| is R (seg: CE or Dice + CE): measured over the first "
                         "--pdcr-calibration-steps steps at --pdcr-weight, then weight x R / their median, fixed")
     g.add_argument("--pdcr-calibration-steps", type=int, default=S,
                    help=f"steps measured for --pdcr-target-ratio (default {d.pdcr_calibration_steps})")
@@ -95,7 +95,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--uafr-hidden", type=_count_or("wide"), default=S, metavar="N|wide",
                    help=f"hidden channels of UAFR's head (default {d.uafr_hidden}, the authors'; wide: min(C, 64))")
     g.add_argument("--balance-every", type=int, default=S, metavar="K",
-                   help=f"with PDCR: measure ||grad PDCR|| and ||grad CE|| at step 0 and every K steps "
+                   help=f"with PDCR: measure ||grad PDCR|| and the segmentation loss's ||grad seg|| at step 0 and every K steps "
                         f"(default {d.balance_every}; 0: never)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=S, help=f"(default {d.epochs})")

@@ -75,7 +75,7 @@ class TrainConfig:
     pdcr_patch_reduction: str = "mean"  # over the patch series: mean (Section V-C2 (3)) | sum (eq. 12 printed)
     pdcr_tau: float = 1.0  # temperature of eq. 9 (the paper gives none; the authors' released value)
     pdcr_cross_samples: int | None = 32  # N on each layer of a cross pair (the authors'); None: each layer's own
-    # the weight from the gradient balance: measure ||grad PDCR|| / ||grad CE|| on the first
+    # the weight from the gradient balance: measure ||grad PDCR|| / ||grad seg|| on the first
     # pdcr_calibration_steps steps at pdcr_weight, then pdcr_weight x target / their median, fixed
     pdcr_target_ratio: float | None = None
     pdcr_calibration_steps: int = 5

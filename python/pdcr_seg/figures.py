@@ -47,7 +47,7 @@ def progress_figure(history: list[dict], title: str = "", seg_name: str = "cross
     (weight x eq. 12: thousands next to a cross-entropy below 1, hence its own panel); each PDCR
     term relative to its first epoch (their sizes differ by orders of magnitude and include a
     constant, so their change is what to read; from 2 epochs on); the gradient balance
-    ||grad PDCR|| / ||grad CE|| of every measured step, on a log axis against the step (when
+    ||grad PDCR|| / ||grad seg|| of every measured step, on a log axis against the step (when
     measured); validation Dice and Jaccard."""
     epochs = [h["epoch"] + 1 for h in history]
     terms = sorted({name for h in history for name in h.get("train_terms", {})})
@@ -58,7 +58,7 @@ def progress_figure(history: list[dict], title: str = "", seg_name: str = "cross
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.9 * len(kinds), 3.5), layout="constrained", squeeze=False)
     for kind, ax in zip(kinds, axes[0]):
         if kind == "balance":
-            _balance_panel(ax, measured)
+            _balance_panel(ax, measured, "CE" if seg_name == "cross-entropy" else seg_name)
             continue
         _epoch_axis(ax, epochs)
         if kind == "seg":
@@ -102,8 +102,8 @@ def progress_figure(history: list[dict], title: str = "", seg_name: str = "cross
     return fig
 
 
-def _balance_panel(ax, measured: list[dict]) -> None:
-    """||grad PDCR|| / ||grad CE|| against the step, log axis; a line at 1 (the two level), and
+def _balance_panel(ax, measured: list[dict], seg: str = "CE") -> None:
+    """||grad PDCR|| / ||grad seg|| against the step, log axis; a line at 1 (the two level), and
     where --pdcr-target-ratio changed the weight, a mark."""
     steps = [m["step"] for m in measured]
     ratios = [m["ratio"] if m["ratio"] > 0 and math.isfinite(m["ratio"]) else float("nan") for m in measured]
@@ -118,7 +118,7 @@ def _balance_panel(ax, measured: list[dict]) -> None:
             ax.legend(fontsize=7)
     ax.set_title("gradient balance (shared weights)", fontsize=9)
     ax.set_xlabel("step")
-    ax.set_ylabel("‖∇ PDCR‖ / ‖∇ CE‖")
+    ax.set_ylabel(f"‖∇ PDCR‖ / ‖∇ {seg}‖")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if len(steps) == 1:
         ax.set_xlim(steps[0] - 1, steps[0] + 1)

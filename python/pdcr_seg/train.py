@@ -357,7 +357,7 @@ def calibrate(run: Run, ratio: float) -> None:
     progress.pdcr_weight = distributed.broadcast(run.ctx, weight)  # one weight in every process
     run.handle.pdcr.weight = progress.pdcr_weight
     if run.ctx.is_main:
-        tqdm.write(f"PDCR weight {progress.pdcr_weight:.4g} from now on: ||grad PDCR|| / ||grad CE|| had median "
+        tqdm.write(f"PDCR weight {progress.pdcr_weight:.4g} from now on: ||grad PDCR|| / ||grad seg|| had median "
                    f"{float(np.median(progress.calibration_ratios)):.4g} over steps 0-{progress.step} "
                    f"at weight {cfg.pdcr_weight:g}; target {cfg.pdcr_target_ratio:g}")
 
@@ -390,7 +390,7 @@ def train_epoch(run: Run) -> dict:
                 if cfg.pdcr:
                     shown["pdcr"] = f"{numbers['pdcr']:.3g}"
                     shown.update({name: f"{v:.4g}" for name, v in numbers["terms"].items()})
-                    if measurements:  # the latest measured ||grad PDCR|| / ||grad CE||
+                    if measurements:  # the latest measured ||grad PDCR|| / ||grad seg||
                         shown["grad ratio"] = f"{measurements[-1]['ratio']:.3g}"
                 shown["dice"] = f"{numbers['dice']:.3f}"
                 bar.set_postfix(shown, refresh=False)
