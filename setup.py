@@ -2,12 +2,14 @@
 
 C++ sources (csrc/ops.cpp, csrc/cpu/*.cpp) are always built. CUDA sources (csrc/cuda/*.cu) are
 built when torch has CUDA and nvcc is found, or when FORCE_CUDA=1; PDCR_SKIP_CUDA=1 turns them off.
-TORCH_CUDA_ARCH_LIST chooses the GPU targets (default: 8.0, 8.6, 9.0 and PTX).
+TORCH_CUDA_ARCH_LIST chooses the GPU targets (default: 8.0, 8.6, 9.0 and PTX); the list is recorded
+in the library (`python -m pdcr_ext` reports it). MAX_JOBS limits the parallel compile jobs.
 """
 
 import glob
 import os
 import platform
+import re
 
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -41,6 +43,14 @@ def _sources(with_cuda: bool) -> list:
     return sources
 
 
+def _arch_list_flag() -> list:
+    """TORCH_CUDA_ARCH_LIST as a C++ macro for the environment report: "8.0;9.0+PTX" ->
+    -DPDCR_CUDA_ARCHS=8.0,9.0+PTX (commas: the value passes through a shell; ops.cpp turns the
+    tokens back into a string). For the C++ compiler only: nvcc would split -D at the commas."""
+    archs = ",".join(os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(";", " ").split())
+    return [f"-DPDCR_CUDA_ARCHS={archs}"] if re.fullmatch(r"[0-9A-Za-z.+]+(,[0-9A-Za-z.+]+)*", archs) else []
+
+
 def _extension():
     with_cuda = _want_cuda()
     cxx = ["-O3", "-ffp-contract=fast", "-Wno-psabi"]
@@ -57,6 +67,7 @@ def _extension():
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.6;9.0+PTX")  # bf16 tensor cores need 8.0+
         macros.append(("PDCR_WITH_CUDA", None))
+        cxx += _arch_list_flag()
         # no --use_fast_math: the kernels pick their fast intrinsics (__expf) where the accuracy
         # allows, and keep exact division, sqrt and log elsewhere
         nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]

@@ -87,9 +87,11 @@ inline void check_ratio_inputs(const at::Tensor& labels, const at::Tensor& boxes
   constexpr const char* op = "foreground_ratios";
   TORCH_CHECK(labels.dim() == 3 || labels.dim() == 4, op,
               ": labels must have shape (B, H, W) or (B, D, H, W), got ", labels.sizes());
-  TORCH_CHECK(!at::isFloatingType(labels.scalar_type()) && !at::isComplexType(labels.scalar_type())
-                  && labels.scalar_type() != at::kBool,
-              op, ": labels must be an integer tensor, got ", labels.scalar_type());
+  // the integer types the kernels dispatch (AT_DISPATCH_INTEGRAL_TYPES): not uint16/32/64
+  const auto label_type = labels.scalar_type();
+  TORCH_CHECK(label_type == at::kByte || label_type == at::kChar || label_type == at::kShort ||
+                  label_type == at::kInt || label_type == at::kLong,
+              op, ": labels must be uint8, int8, int16, int32 or int64, got ", label_type);
   const int64_t dims = labels.dim() - 1;
   TORCH_CHECK(boxes.dim() == 3 && boxes.size(2) == 2 * dims, op, ": boxes must have shape (B, N, ",
               2 * dims, ") for ", dims, "-D labels, got ", boxes.sizes());

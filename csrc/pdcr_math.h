@@ -64,25 +64,38 @@ PDCR_HD void box_axis(int64_t x, int64_t size, int64_t jump, int64_t offset, int
 // array has size[a] + 1 entries per axis, row-major, and integral[p] counts the pixels of one
 // class strictly before p on every axis, so a box's count is an inclusion-exclusion over its 2^D
 // corners: O(1) whatever the box size. Pixels outside the image belong to no class, so the box is
-// clipped first; the clipped box's pixel count comes back through *inside_area.
-template <int D, typename I>
-PDCR_HD I box_count(const I* integral, const int64_t* size, const int64_t* lo, const int64_t* hi,
-                    int64_t* inside_area) {
-  int64_t clo[D], chi[D], stride[D];
-  int64_t area = 1, s = 1;
-  for (int a = D - 1; a >= 0; --a) {
+// clipped first.
+
+// Clips a box to the image: the clipped ends (clo, chi) and the number of pixels inside, 0 when
+// the box lies entirely outside the image (or is inverted).
+template <int D>
+PDCR_HD int64_t clip_box(const int64_t* size, const int64_t* lo, const int64_t* hi, int64_t* clo,
+                         int64_t* chi) {
+  int64_t area = 1;
+  for (int a = 0; a < D; ++a) {
     clo[a] = lo[a] < 0 ? 0 : lo[a];
     chi[a] = hi[a] > size[a] - 1 ? size[a] - 1 : hi[a];
-    if (chi[a] < clo[a]) {  // the box lies entirely outside the image (or is inverted)
-      *inside_area = 0;
-      return I(0);
-    }
+    if (chi[a] < clo[a]) return 0;
     area *= chi[a] - clo[a] + 1;
+  }
+  return area;
+}
+
+// The box's count of one class. The integral arrays may hold 32-bit entries (each entry is at
+// most the image's pixel count, checked < 2^31 by the ops), but the corner sum is taken in 64
+// bits: its partial sums reach 2^(D-1) times an entry, which wraps a 32-bit sum above 2^30 voxels.
+template <int D, typename I>
+PDCR_HD int64_t box_count(const I* integral, const int64_t* size, const int64_t* lo,
+                          const int64_t* hi) {
+  int64_t clo[D], chi[D];
+  if (clip_box<D>(size, lo, hi, clo, chi) == 0) return 0;
+  int64_t stride[D];
+  int64_t s = 1;
+  for (int a = D - 1; a >= 0; --a) {
     stride[a] = s;
     s *= size[a] + 1;
   }
-  *inside_area = area;
-  I count = 0;
+  int64_t count = 0;
   for (int corner = 0; corner < (1 << D); ++corner) {
     int64_t index = 0;
     int low_ends = 0;
@@ -91,7 +104,8 @@ PDCR_HD I box_count(const I* integral, const int64_t* size, const int64_t* lo, c
       index += (high ? chi[a] + 1 : clo[a]) * stride[a];
       low_ends += !high;
     }
-    count += (low_ends % 2 == 0) ? integral[index] : -integral[index];
+    const int64_t value = static_cast<int64_t>(integral[index]);
+    count += (low_ends % 2 == 0) ? value : -value;
   }
   return count;
 }
@@ -111,16 +125,16 @@ template <int D, typename T, typename I>
 PDCR_HD void box_ratios(const I* integrals, int64_t plane_stride, const I* ignored,
                         const int64_t* size, int64_t M, const int64_t* lo, const int64_t* hi,
                         bool inside_area, T* out) {
-  // the class counts; box_count also gives the clipped (in-image) area
-  int64_t inside = 0;
-  for (int64_t m = 0; m < M; ++m) out[m] = T(box_count<D>(integrals + m * plane_stride, size, lo, hi, &inside));
   int64_t area = 1;
   if (inside_area) {
-    area = inside - (ignored != nullptr ? box_count<D>(ignored, size, lo, hi, &inside) : 0);
+    int64_t clo[D], chi[D];
+    area = clip_box<D>(size, lo, hi, clo, chi);
+    if (ignored != nullptr) area -= box_count<D>(ignored, size, lo, hi);
   } else {
     for (int a = 0; a < D; ++a) area *= hi[a] - lo[a] + 1;
   }
-  for (int64_t m = 0; m < M; ++m) out[m] = foreground_ratio<T>(static_cast<int64_t>(out[m]), area);
+  for (int64_t m = 0; m < M; ++m)
+    out[m] = foreground_ratio<T>(box_count<D>(integrals + m * plane_stride, size, lo, hi), area);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,14 +6,14 @@ pure-PyTorch reference in ``pdcr_reference``.
 """
 
 from . import _ops
+from ._version import __version__
+from .environment import info
 from .functional import affinity, dragsaw_loss, foreground_ratios
 from .geometry import ReceptiveField, patch_boxes, receptive_field, receptive_field_of, rf_boxes
 from .loss import PDCRLoss
 from .plugin import LayerInfo, PDCRHandle, attach, list_layers
 from .sampling import grid_positions
 from .uafr import UAFR, uafr_reweight
-
-__version__ = "0.1.0"
 
 # Both plain booleans: whether the native library loaded, and whether it has CUDA kernels.
 native_available: bool = _ops.NATIVE
@@ -38,4 +38,5 @@ __all__ = [
     "dragsaw_loss",
     "native_available",
     "has_cuda_kernels",
+    "info",
 ]

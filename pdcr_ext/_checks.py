@@ -54,9 +54,17 @@ def spatial_shape_doc(spatial_dims: int) -> str:
     return "(B, H, W) or (B, 1, H, W)" if spatial_dims == 2 else "(B, D, H, W) or (B, 1, D, H, W)"
 
 
+# The integer types the native ratio kernels dispatch (AT_DISPATCH_INTEGRAL_TYPES). torch's
+# uint16/32/64 would pass an "is integer" test and then fail inside the op's dispatch.
+LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def labels(value, *, spatial_dims: int, name: str = "labels") -> torch.Tensor:
     """An integer label map (B, *S) or MONAI's (B, 1, *S), S = (H, W) or (D, H, W): returns (B, *S)."""
     value = tensor(name, value, integer=True)
+    if value.dtype not in LABEL_DTYPES:
+        raise ValueError(f"{name} must be uint8, int8, int16, int32 or int64, got {value.dtype} "
+                         "(convert with .long())")
     if value.dim() == spatial_dims + 2 and value.shape[1] == 1:
         value = value[:, 0]
     if value.dim() != spatial_dims + 1:

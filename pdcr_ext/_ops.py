@@ -97,6 +97,8 @@ if NATIVE:
 
     def _dragsaw_setup_context(ctx, inputs, output):
         rows, phi_rows, cols, phi_cols, tau = inputs
+        if rows.device.type == "cuda" and rows.numel() and cols.numel():  # else no kernel runs
+            _check_cuda_backward_fits(rows, phi_rows)
         _, lse = output
         ctx.save_for_backward(rows, phi_rows, cols, phi_cols, lse)
         ctx.tau = tau
@@ -114,6 +116,23 @@ if NATIVE:
     torch.library.register_autograd(
         "pdcr::dragsaw_loss", _dragsaw_backward, setup_context=_dragsaw_setup_context
     )
+
+    def _check_cuda_backward_fits(rows, phi_rows):
+        """A direct call of the op that will need a backward (inputs that require grad): refuse
+        widths whose CUDA backward does not fit the device now, not in backward().
+        pdcr_ext.dragsaw_loss routes them to an exact path instead."""
+        from . import _cuda_layout, _cuda_route
+
+        dtype = _cuda_route.DTYPE_NAMES[rows.dtype]
+        C, P, M = rows.shape[2], phi_rows.shape[1], phi_rows.shape[3]
+        index = rows.device.index if rows.device.index is not None else torch.cuda.current_device()
+        limit = _cuda_route.optin_shared_memory(index)
+        if _cuda_layout.plan(dtype, C, P, M, limit).backward == "none":
+            raise ValueError(
+                f"dragsaw_loss: rows has C={C} channels ({dtype}, P={P}, M={M}), too many for the "
+                f"CUDA backward kernels on this device ({limit} bytes of shared memory per block); "
+                "call pdcr_ext.dragsaw_loss, which takes an exact path for such widths"
+            )
 
     @torch.library.register_fake("pdcr::uafr_reweight")
     def _uafr_reweight_fake(features, logits):

@@ -11,7 +11,7 @@ import torch
 
 import pdcr_reference as ref
 
-from . import _checks, _ops
+from . import _checks, _cuda_route, _ops
 
 CUDA_MAX_PATCH_SIZES = 8  # per-row state for every patch size lives in registers (csrc/cuda)
 
@@ -134,6 +134,10 @@ def dragsaw_loss(rows: torch.Tensor, phi_rows: torch.Tensor, cols: torch.Tensor 
     Returns:
         The loss, float32 for half-precision features, else in their dtype. Differentiable with
         respect to rows and cols (the native backward is hand-written and streams like the forward).
+        On CUDA the path is chosen before the forward from the device's shared memory (README,
+        GPU section): the kernels when their backward fits C, else the kernels on the vectors'
+        coordinates in a basis of their span (when N + K < C), else the reference a block of rows
+        at a time; every path is exact.
     """
     rows = _checks.tensor("rows", rows, ndim=3, shape_doc="(B, N, C)", floating=True)
     if (cols is None) != (phi_cols is None):
@@ -163,12 +167,18 @@ def dragsaw_loss(rows: torch.Tensor, phi_rows: torch.Tensor, cols: torch.Tensor 
     _checks.same_device(rows=rows, phi_rows=phi_rows, cols=cols, phi_cols=phi_cols)
 
     if _ops.use_native(backend, rows.device):
-        if rows.device.type == "cuda" and phi_rows.shape[1] > CUDA_MAX_PATCH_SIZES:
-            raise ValueError(
-                f"phi_rows has P={phi_rows.shape[1]} patch sizes; the CUDA kernels take at most "
-                f"{CUDA_MAX_PATCH_SIZES} patch sizes per call (split the series into several calls)"
-            )
-        per_row, _ = torch.ops.pdcr.dragsaw_loss(rows, phi_rows, cols, phi_cols, tau)
+        if rows.device.type == "cuda":
+            if phi_rows.shape[1] > CUDA_MAX_PATCH_SIZES:
+                raise ValueError(
+                    f"phi_rows has P={phi_rows.shape[1]} patch sizes; the CUDA kernels take at most "
+                    f"{CUDA_MAX_PATCH_SIZES} patch sizes per call (split the series into several calls)"
+                )
+            # chosen before the forward from the device's shared memory: a width whose backward
+            # would not fit runs on an exact path instead (_cuda_route.py), never fails in backward()
+            route = _cuda_route.route_for(rows, phi_rows, cols)
+            per_row = _cuda_route.row_loss(rows, phi_rows, cols, phi_cols, tau, route)
+        else:
+            per_row, _ = torch.ops.pdcr.dragsaw_loss(rows, phi_rows, cols, phi_cols, tau)
     else:
         per_row = ref.dragsaw_row_loss(rows, phi_rows, cols, phi_cols, tau)
     if reduction == "none":

@@ -23,10 +23,39 @@ HAS_CUDA = torch.cuda.is_available() and pdcr_ext.has_cuda_kernels
 requires_native = pytest.mark.skipif(not pdcr_ext.native_available, reason="extension not built")
 
 
+# Import names of the optional packages (pyproject's "seg" extra and the data readers): a test
+# module that needs a missing one is reported as skipped, naming it, instead of stopping the whole
+# collection (a GPU image without MONAI must still run test_cuda.py). `make test` installs them
+# all, so nothing is skipped there.
+OPTIONAL_PACKAGES = {"monai", "yaml", "PIL", "scipy", "tifffile", "nibabel", "matplotlib", "skimage",
+                     "pydicom", "tqdm"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_make_collect_report(collector):
+    if not isinstance(collector, pytest.Module):
+        return None
+    try:
+        collector.obj  # imports the module; pytest's own collection then reuses it
+    except pytest.Collector.CollectError as error:
+        missing = getattr(error.__cause__, "name", None) or ""
+        if isinstance(error.__cause__, ModuleNotFoundError) and missing.split(".")[0] in OPTIONAL_PACKAGES:
+            reason = f"needs {missing.split('.')[0]!r}, which is not installed (pip install -e .[seg])"
+            return pytest.CollectReport(collector.nodeid, "skipped", (str(collector.path), 0, reason), [])
+    return None  # pytest's own collection (and its report of any other error)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "native_raises: makes (or could make) a native op raise a C++ exception; such "
+        "exceptions crashed the process on one GPU image, so gpu_check.sh runs each of these "
+        "tests in a process of its own")
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device and the CUDA kernels")
     for item in items:
-        if "cuda" in item.keywords and not HAS_CUDA:
+        if item.get_closest_marker("cuda") is not None and not HAS_CUDA:  # the marker, not a folder named cuda
             item.add_marker(skip_cuda)
 
 

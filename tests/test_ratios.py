@@ -166,3 +166,24 @@ def test_the_native_op_checks_labels_on_the_cpu_with_ignore_index():
         torch.ops.pdcr.foreground_ratios(labels, box, 2, False, 255)
     ok = torch.ops.pdcr.foreground_ratios(labels.clamp_max(255) * (labels != 3), box, 2, True, 255)
     torch.testing.assert_close(ok, torch.tensor([[[1.0, 0.0]]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64])
+def test_label_dtypes_the_kernels_do_not_dispatch_are_refused(dtype):
+    labels = torch.zeros(1, 8, 8, dtype=dtype)
+    boxes = torch.tensor([[0, 0, 3, 3]])
+    with pytest.raises(ValueError, match=r"labels must be uint8, int8, int16, int32 or int64, got torch.uint"):
+        pdcr_ext.foreground_ratios(labels, boxes, 2)
+    loss = pdcr_ext.PDCRLoss(2, samples=(4,))
+    with pytest.raises(ValueError, match=r"labels must be uint8, int8, int16, int32 or int64"):
+        loss([torch.randn(1, 4, 4, 4)], labels)
+    if pdcr_ext.native_available:
+        with pytest.raises(RuntimeError, match=r"labels must be uint8, int8, int16, int32 or int64"):
+            torch.ops.pdcr.foreground_ratios(labels, boxes[None], 2, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_every_dispatched_label_dtype_is_accepted(dtype):
+    labels = torch.tensor([[[0, 1], [1, 1]]]).to(dtype)
+    got = pdcr_ext.foreground_ratios(labels, torch.tensor([[0, 0, 1, 1]]), 2)
+    torch.testing.assert_close(got, torch.tensor([[[0.25, 0.75]]]))

@@ -1,16 +1,15 @@
 """Every bad input of pdcr-seg: one line on stderr, exit status 2, never a traceback, and an earlier
 run left exactly as it was. One table; each row runs the command line in its own process (forked
-from the test's, which has imported torch and MONAI once), and one row also through a fresh
-`python -m pdcr_seg`."""
+from a server that has imported torch and MONAI once: tests/seg_fork_server.py), and one row also
+through a fresh `python -m pdcr_seg`."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
-import tempfile
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -141,42 +140,41 @@ def _fingerprint(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _run(argv: list[str], cwd: Path) -> tuple[int, str, str]:
-    """Runs `pdcr-seg ARGV` in a child process forked from this one (a fork server: torch and MONAI
-    are imported once, not once per row); returns its exit status, stdout and stderr. The child
-    does what `python -m pdcr_seg` does: main(), sys.exit's status, and for an uncaught exception
-    the interpreter's traceback and status 1."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into pytest
-            code = 1
-            try:
-                os.chdir(cwd)
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
-                os.environ.pop("PDCR_SEG_TRACEBACK", None)
-                code = main(argv)
-            except SystemExit as exit:  # argparse's errors
-                code = exit.code if isinstance(exit.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        out.seek(0)
-        err.seek(0)
-        return os.waitstatus_to_exitcode(status), out.read().decode(), err.read().decode()
+@pytest.fixture(scope="module")
+def fork_server():
+    """tests/seg_fork_server.py in a fresh interpreter (see there why not a fork of pytest itself)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PDCR_SEG_TRACEBACK", None)
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("seg_fork_server.py"))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    yield server
+    server.stdin.close()
+    server.wait(timeout=60)
 
 
-def _check(case, paths: dict, cwd: Path) -> str | None:
+def _run(server: subprocess.Popen, argv: list[str], cwd: Path) -> tuple[int, str, str]:
+    """Runs `pdcr-seg ARGV` in a child of the fork server; returns its exit status, stdout and stderr.
+    The child does what `python -m pdcr_seg` does: main(), sys.exit's status, and for an uncaught
+    exception the interpreter's traceback and status 1."""
+    out, err = cwd / "case_stdout.txt", cwd / "case_stderr.txt"
+    request = {"argv": argv, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
+    server.stdin.write(json.dumps(request) + "\n")
+    server.stdin.flush()
+    answer = server.stdout.readline()
+    assert answer, f"the fork server ended (status {server.poll()})"
+    code = int(answer)
+    texts = out.read_text(), err.read_text()
+    out.unlink()
+    err.unlink()
+    return (code, *texts)
+
+
+def _check(server, case, paths: dict, cwd: Path) -> str | None:
     """None if the case behaves, else what went wrong. {new} is a folder of the case's own."""
     name, argv, words = case
     new = cwd / f"new_{CASES.index(case)}"
     argv = [a.format(**paths, new=new) for a in argv]
-    code, out, err = _run(argv, cwd)
+    code, out, err = _run(server, argv, cwd)
     err = err.strip()
     problems = []
     if code != 2:
@@ -195,11 +193,11 @@ def _check(case, paths: dict, cwd: Path) -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
-def test_every_bad_input_is_one_line_and_exit_2(tmp_path):
+def test_every_bad_input_is_one_line_and_exit_2(tmp_path, fork_server):
     paths = inputs(tmp_path)
     run = Path(paths["run"])
     before = _fingerprint(run)
-    failures = [f for f in (_check(case, paths, tmp_path) for case in CASES) if f]
+    failures = [f for f in (_check(fork_server, case, paths, tmp_path) for case in CASES) if f]
     assert not failures, f"{len(failures)} of {len(CASES)} cases misbehave:\n" + "\n".join(failures)
     assert _fingerprint(run) == before, "a refused command changed the earlier run"
     # and the real entry point, in a fresh interpreter: `python -m pdcr_seg`

@@ -4,10 +4,12 @@
 // one copy per instruction set) and pdcr_math.h (per element). Memory is O(B·(N+K)·(C+P·M)) in
 // the calling thread's scratch block (scratch.h); the N×K matrices are never formed.
 //
-// Threads: one task per image (prepare it, then stream all its rows) whenever there are at least
-// as many images as threads, or the problem is small enough to run on the calling thread alone.
-// With fewer images than threads, rows are split into chunks; in the backward each (image, chunk)
-// then owns a column-gradient buffer so that no two threads write the same column.
+// Threads (work_sharing.h: items from a shared counter, no join barrier, so that a thread waiting
+// for a busy core delays nothing): one item per image (prepare it, then stream all its rows)
+// whenever there are at least as many images as threads, or the problem is small enough to run on
+// the calling thread alone. With fewer images than threads, rows are split into chunks; in the
+// backward each (image, chunk) then owns a column-gradient buffer so that no two threads write the
+// same column.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -15,22 +17,27 @@
 #include "cpu/cpu_isa.h"
 #include "cpu/dragsaw_kernel.h"
 #include "cpu/scratch.h"
+#include "cpu/work_sharing.h"
 
 namespace pdcr {
 namespace cpu {
 namespace {
 
-// Work (in multiply-adds of the forward) below which an op runs on the calling thread only.
-// Waking the thread pool after Python has run for a while costs tens to a hundred microseconds
-// (about 100 µs measured on the 2-core virtual machine of the README's table), more than two
-// threads save on problems this small, e.g. the paper's B=16, N=32, C=256.
-constexpr double kSerialWork = 0;
+// Work (in multiply-adds of the forward) below which an op runs on the calling thread only:
+// about 50 µs on one core of the 2-core AVX2 machine of the README, less than a sleeping helper
+// takes to wake (tens of µs on that virtual machine) and do a share worth the hand-off. The
+// paper's sizes (9 to 43 million) are far above it.
+constexpr double kSerialWork = 1e6;
 
 double forward_work(int64_t B, int64_t N, int64_t K, int64_t C, int64_t P) {
   return double(B) * double(N) * double(K) * (2.0 * double(C) + 12.0 * double(P));
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Threads for a call of `work` multiply-adds: torch's intra-op thread count (1 in DataLoader
+// workers, torch.set_num_threads otherwise), or 1 below kSerialWork.
+int64_t threads_for(double work) { return work < kSerialWork ? 1 : at::get_num_threads(); }
 
 // The active instruction set's kernels for T.
 template <typename T>
@@ -120,24 +127,18 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& rows, const at
   T* loss_ptr = loss.template data_ptr<T>();
   T* lse_ptr = lse.template data_ptr<T>();
 
-  const bool serial = forward_work(B, N, K, C, P) < kSerialWork;
-  if (serial || B >= at::get_num_threads()) {
-    at::parallel_for(0, B, serial ? B : 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        kernel.prepare(p, bound.args, b);
-        kernel.forward(p, b, 0, N, loss_ptr, lse_ptr);
-      }
+  const int64_t threads = threads_for(forward_work(B, N, K, C, P));
+  if (B >= threads) {
+    share_work(B, threads, [&](int64_t b) {
+      kernel.prepare(p, bound.args, b);
+      kernel.forward(p, b, 0, N, loss_ptr, lse_ptr);
     });
   } else {
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) kernel.prepare(p, bound.args, b);
-    });
+    share_work(B, threads, [&](int64_t b) { kernel.prepare(p, bound.args, b); });
     const int64_t tiles = ceil_div(N, kRowTile);
-    at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t w = begin; w < end; ++w) {
-        const int64_t b = w / tiles, i0 = (w % tiles) * kRowTile;
-        kernel.forward(p, b, i0, std::min(N, i0 + kRowTile), loss_ptr, lse_ptr);
-      }
+    share_work(B * tiles, threads, [&](int64_t w) {
+      const int64_t b = w / tiles, i0 = (w % tiles) * kRowTile;
+      kernel.forward(p, b, i0, std::min(N, i0 + kRowTile), loss_ptr, lse_ptr);
     });
   }
   return {loss.to(dragsaw_output_dtype(rows)), lse};
@@ -155,8 +156,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const a
   if (B == 0 || N == 0 || K == 0) return {at::zeros_like(rows), at::zeros_like(cols)};
 
   // The backward does about three times the forward's work (S again, then G·V̂' and Gᵀ·V̂).
-  const bool serial = 3.0 * forward_work(B, N, K, C, P) < kSerialWork;
-  const int64_t threads = serial ? 1 : at::get_num_threads();
+  const int64_t threads = threads_for(3.0 * forward_work(B, N, K, C, P));
   const int64_t tiles = ceil_div(N, kRowTile);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(tiles, ceil_div(threads, B)));
   const int64_t tiles_per_chunk = ceil_div(tiles, chunks);
@@ -181,35 +181,32 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const a
 
   if (chunks == 1) {
     // One task per image: prepare, stream its rows, then the normalisation's backward (eq. 8).
-    at::parallel_for(0, B, serial ? B : 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T* d_cols_hat = d_cols_parts + b * K * Cp;
-        kernel.prepare(p, bound.args, b);
-        std::fill(d_cols_hat, d_cols_hat + K * Cp, T(0));
-        kernel.backward(p, grad_ptr, lse_ptr, b, 0, N, d_rows_hat, d_cols_hat);
-        kernel.normalize_backward(d_rows_hat, p.rows_hat, bound.args.row_norm, b * N, (b + 1) * N,
-                                  C, Cp, grad_rows_ptr);
-        kernel.normalize_backward(d_cols_parts, p.cols_hat, bound.args.col_norm, b * K,
-                                  (b + 1) * K, C, Cp, grad_cols_ptr);
-      }
+    share_work(B, threads, [&](int64_t b) {
+      T* d_cols_hat = d_cols_parts + b * K * Cp;
+      kernel.prepare(p, bound.args, b);
+      std::fill(d_cols_hat, d_cols_hat + K * Cp, T(0));
+      kernel.backward(p, grad_ptr, lse_ptr, b, 0, N, d_rows_hat, d_cols_hat);
+      kernel.normalize_backward(d_rows_hat, p.rows_hat, bound.args.row_norm, b * N, (b + 1) * N,
+                                C, Cp, grad_rows_ptr);
+      kernel.normalize_backward(d_cols_parts, p.cols_hat, bound.args.col_norm, b * K, (b + 1) * K,
+                                C, Cp, grad_cols_ptr);
     });
   } else {
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) kernel.prepare(p, bound.args, b);
+    share_work(B, threads, [&](int64_t b) { kernel.prepare(p, bound.args, b); });
+    share_work(B * chunks, threads, [&](int64_t w) {
+      const int64_t b = w / chunks, chunk = w % chunks;
+      const int64_t i0 = std::min(N, chunk * tiles_per_chunk * kRowTile);
+      const int64_t i1 = std::min(N, i0 + tiles_per_chunk * kRowTile);
+      T* d_cols_part = d_cols_parts + w * K * Cp;
+      std::fill(d_cols_part, d_cols_part + K * Cp, T(0));
+      if (i0 < i1) kernel.backward(p, grad_ptr, lse_ptr, b, i0, i1, d_rows_hat, d_cols_part);
     });
-    at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t w = begin; w < end; ++w) {
-        const int64_t b = w / chunks, chunk = w % chunks;
-        const int64_t i0 = std::min(N, chunk * tiles_per_chunk * kRowTile);
-        const int64_t i1 = std::min(N, i0 + tiles_per_chunk * kRowTile);
-        T* d_cols_part = d_cols_parts + w * K * Cp;
-        std::fill(d_cols_part, d_cols_part + K * Cp, T(0));
-        if (i0 < i1) kernel.backward(p, grad_ptr, lse_ptr, b, i0, i1, d_rows_hat, d_cols_part);
-      }
-    });
-    // Sum the chunks' column gradients, (B, chunks, K, Cp) -> (B, K, Cp), then eq. 8 backward.
+    // Sum the chunks' column gradients, (B, chunks, K, Cp) -> (B, K, Cp), then eq. 8 backward;
+    // both in blocks of vectors.
     T* d_cols_hat = scratch.take<T>(B * K * Cp);
-    at::parallel_for(0, B * K, 64, [&](int64_t begin, int64_t end) {
+    constexpr int64_t kSumBlock = 64, kNormBlock = 256;
+    share_work(ceil_div(B * K, kSumBlock), threads, [&](int64_t block) {
+      const int64_t begin = block * kSumBlock, end = std::min(B * K, begin + kSumBlock);
       for (int64_t bj = begin; bj < end; ++bj) {
         const int64_t b = bj / K, j = bj % K;
         T* dst = d_cols_hat + bj * Cp;
@@ -220,7 +217,8 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const a
         }
       }
     });
-    at::parallel_for(0, B * (N + K), 256, [&](int64_t begin, int64_t end) {
+    share_work(ceil_div(B * (N + K), kNormBlock), threads, [&](int64_t block) {
+      const int64_t begin = block * kNormBlock, end = std::min(B * (N + K), begin + kNormBlock);
       const int64_t split = B * N;  // [0, B*N) rows, then [B*N, B*(N+K)) columns
       if (begin < split)
         kernel.normalize_backward(d_rows_hat, p.rows_hat, bound.args.row_norm, begin,

@@ -12,6 +12,7 @@
 #include "checks.h"
 #include "cuda/cuda_common.cuh"
 #include "cuda/dragsaw_cuda.h"
+#include "cuda/dragsaw_layout.h"
 #include "pdcr_math.h"
 
 namespace pdcr {
@@ -22,7 +23,6 @@ namespace m = ::pdcr::math;
 namespace wmma = nvcuda::wmma;
 
 constexpr int kThreadsPerRow = 4;  // threads sharing one row of a tile (a shuffle group)
-constexpr int kFeatureAlign = 16;  // feature widths are padded to a multiple of this
 
 // ---------------------------------------------------------------------------------------------
 // Matrix products on shared memory: C[Mt x Nt] (+)= A[Mt x Kt] · B[Kt x Nt].
@@ -131,49 +131,40 @@ __device__ __forceinline__ void gemm(int Mt, int Nt, int Kt, const In* A, int ld
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shared-memory layout of one block: tiles of TR rows and TR columns (square tiles).
-
-template <typename T>
-__host__ __device__ constexpr int pad_elems() {
-  return 16 / int(sizeof(T));  // 16 bytes per row: keeps wmma strides legal, spreads banks
-}
-
-__host__ __device__ inline size_t align128(size_t x) { return (x + 127) / 128 * 128; }
+// Shared-memory layout of one block: dragsaw_layout.h (square tiles of T rows and T columns).
 
 template <typename In>
-struct Layout {
-  using Acc = acc_t<In>;
-  int T, Cp, P, M;
-  int ld_feat, ld_s, ld_g, ld_acc;
-  size_t rows, cols, s, g, acc, acc2, phi_rows, phi_cols, total;
-
-  // accumulators: 0 (forward), 1 (backward: dR or dC), 2 (atomic backward: dR and a dC partial)
-  __host__ __device__ Layout(int tile, int Cp_, int P_, int M_, int accumulators)
-      : T(tile), Cp(Cp_), P(P_), M(M_) {
-    ld_feat = Cp + pad_elems<In>();
-    ld_s = T + pad_elems<Acc>();
-    ld_g = T + pad_elems<In>();
-    ld_acc = Cp + pad_elems<Acc>();
-    size_t at = 0;
-    rows = at;
-    at = align128(at + size_t(T) * ld_feat * sizeof(In));
-    cols = at;
-    at = align128(at + size_t(T) * ld_feat * sizeof(In));
-    s = at;
-    at = align128(at + size_t(T) * ld_s * sizeof(Acc));
-    g = at;
-    at = align128(at + (accumulators > 0 ? size_t(T) * ld_g * sizeof(In) : 0));
-    acc = at;
-    at = align128(at + (accumulators > 0 ? size_t(T) * ld_acc * sizeof(Acc) : 0));
-    acc2 = at;
-    at = align128(at + (accumulators > 1 ? size_t(T) * ld_acc * sizeof(Acc) : 0));
-    phi_rows = at;
-    at = align128(at + size_t(T) * P * M * sizeof(Acc));
-    phi_cols = at;
-    at = align128(at + size_t(P) * M * T * sizeof(Acc));
-    total = at;
-  }
+struct FeatureTypeOf;
+template <>
+struct FeatureTypeOf<double> {
+  static constexpr FeatureType value = FeatureType::kFloat64;
 };
+template <>
+struct FeatureTypeOf<float> {
+  static constexpr FeatureType value = FeatureType::kFloat32;
+};
+template <>
+struct FeatureTypeOf<__half> {
+  static constexpr FeatureType value = FeatureType::kFloat16;
+};
+template <>
+struct FeatureTypeOf<__nv_bfloat16> {
+  static constexpr FeatureType value = FeatureType::kBFloat16;
+};
+
+// The element sizes the layout assumes for the kernels of type In; G is stored as In.
+template <typename In>
+__host__ __device__ constexpr TileBytes tile_bytes_of() {
+  constexpr TileBytes b = tile_bytes(FeatureTypeOf<In>::value);
+  static_assert(b.feature == sizeof(In) && b.grad == sizeof(In) && b.acc == sizeof(acc_t<In>),
+                "dragsaw_layout.h's tile sizes differ from the kernels' types");
+  return b;
+}
+
+template <typename In>
+__host__ __device__ inline Layout layout_of(int tile, int Cp, int P, int M, DragsawKernel kernel) {
+  return Layout(tile, Cp, P, M, kernel, tile_bytes_of<In>());
+}
 
 // Typed pointers into one block's shared memory, as laid out by Layout.
 template <typename In>
@@ -181,7 +172,7 @@ struct Tiles {
   using Acc = acc_t<In>;
   In *rows, *cols, *G;
   Acc *S, *acc, *acc2, *phi_rows, *phi_cols;
-  __device__ Tiles(unsigned char* smem, const Layout<In>& L)
+  __device__ Tiles(unsigned char* smem, const Layout& L)
       : rows(reinterpret_cast<In*>(smem + L.rows)),
         cols(reinterpret_cast<In*>(smem + L.cols)),
         G(reinterpret_cast<In*>(smem + L.g)),
@@ -278,7 +269,7 @@ __global__ void __launch_bounds__(T * kThreadsPerRow)
   using Acc = acc_t<In>;
   constexpr int kCols = T / kThreadsPerRow;  // columns of a tile per thread
   extern __shared__ __align__(128) unsigned char smem[];
-  const Layout<In> L(T, p.Cp, p.P, p.M, 0);
+  const Layout L = layout_of<In>(T, p.Cp, p.P, p.M, DragsawKernel::kForward);
   const Tiles<In> t(smem, L);
   In *rows_s = t.rows, *cols_s = t.cols;
   Acc *S = t.S, *phi_rows_s = t.phi_rows, *phi_cols_s = t.phi_cols;
@@ -351,9 +342,10 @@ __global__ void __launch_bounds__(T * kThreadsPerRow)
 // ---------------------------------------------------------------------------------------------
 // Backward
 
-// G tile (eq. 9's gradient with respect to s, summed over patch sizes) from the S tile, written
-// to shared memory in the input type (the A operand of the next products). Rows past N and
-// columns past K get 0.
+// G tile (eq. 9's gradient with respect to s, summed over patch sizes) from the S tile,
+// accumulated in float32 (float64 for double) and written to shared memory in the kernel's type
+// (the A operand of the next products; float16 features run the float32 kernels, so that their G
+// is float32: dragsaw_layout.h, backward_kernel_type). Rows past N and columns past K get 0.
 template <typename In, int T>
 __device__ void gradient_tile(const Problem<In>& p, const acc_t<In>* S, int ld_s,
                               const acc_t<In>* phi_rows_s, const acc_t<In>* phi_cols_s,
@@ -406,7 +398,8 @@ __global__ void __launch_bounds__(T * kThreadsPerRow)
                                  acc_t<In>* d_rows_hat, acc_t<In>* d_cols_hat) {
   using Acc = acc_t<In>;
   extern __shared__ __align__(128) unsigned char smem[];
-  const Layout<In> L(T, p.Cp, p.P, p.M, kAtomicCols ? 2 : 1);
+  const Layout L = layout_of<In>(T, p.Cp, p.P, p.M,
+                                 kAtomicCols ? DragsawKernel::kBackwardAtomic : DragsawKernel::kBackwardSplit);
   const Tiles<In> t(smem, L);
   In *rows_s = t.rows, *cols_s = t.cols, *G = t.G;
   Acc *S = t.S, *d_rows_s = t.acc, *d_cols_s = t.acc2, *phi_rows_s = t.phi_rows,
@@ -457,7 +450,7 @@ __global__ void __launch_bounds__(T * kThreadsPerRow)
                                  acc_t<In>* d_cols_hat) {
   using Acc = acc_t<In>;
   extern __shared__ __align__(128) unsigned char smem[];
-  const Layout<In> L(T, p.Cp, p.P, p.M, 1);
+  const Layout L = layout_of<In>(T, p.Cp, p.P, p.M, DragsawKernel::kBackwardSplit);
   const Tiles<In> t(smem, L);
   In *rows_s = t.rows, *cols_s = t.cols, *G = t.G;
   Acc *S = t.S, *d_cols_s = t.acc, *phi_rows_s = t.phi_rows, *phi_cols_s = t.phi_cols;
@@ -535,8 +528,6 @@ __global__ void normalize_backward_kernel(const acc_t<In>* d_hat, const In* x, c
 // ---------------------------------------------------------------------------------------------
 // Host side
 
-inline int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
-
 // Opt-in shared memory per block of the current device (cached per device).
 inline int max_shared_memory() {
   constexpr int kMaxDevices = 64;
@@ -565,15 +556,16 @@ void allow_shared_memory() {
   done |= bit;
 }
 
-// The largest square tile whose shared memory fits: 64, 32 or 16 rows.
+// The forward's tile: the largest of 64, 32, 16 rows whose shared memory fits. The Python wrapper
+// (pdcr_ext/_cuda_route.py) sends a call here only when a backward fits too (the forward needs
+// less); the check guards direct calls of torch.ops.pdcr.dragsaw_loss.
 template <typename In>
-int choose_tile(int Cp, int P, int M, int accumulators) {
-  const int limit = max_shared_memory();
-  for (int tile : {64, 32, 16})
-    if (Layout<In>(tile, Cp, P, M, accumulators).total <= size_t(limit)) return tile;
-  TORCH_CHECK(false, "dragsaw_loss: C=", Cp, " channels (padded) do not fit the CUDA kernel's "
-              "shared memory even with 16-row tiles; project the features to fewer channels");
-  return 0;
+int forward_tile(int Cp, int P, int M) {
+  const int tile = choose_tile(max_shared_memory(), Cp, P, M, DragsawKernel::kForward, tile_bytes_of<In>());
+  TORCH_CHECK(tile > 0, "dragsaw_loss: C=", Cp, " channels (padded) do not fit the CUDA kernel's "
+              "shared memory even with 16-row tiles; call pdcr_ext.dragsaw_loss, which routes "
+              "such widths to an exact path");
+  return tile;
 }
 
 template <typename In>
@@ -589,7 +581,7 @@ Prepared<In> prepare(const at::Tensor& rows, const at::Tensor& phi_rows, const a
   const auto acc_dtype = std::is_same<Acc, double>::value ? at::kDouble : at::kFloat;
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t B = rows.size(0), N = rows.size(1), K = cols.size(1);
-  const int C = int(rows.size(2)), Cp = int(round_up(C, kFeatureAlign));
+  const int C = int(rows.size(2)), Cp = int(padded_channels(C));
   const bool single_layer = cols.is_same(rows);
   Prepared<In> out;
   out.rows = rows.contiguous();
@@ -631,7 +623,7 @@ Prepared<In> prepare(const at::Tensor& rows, const at::Tensor& phi_rows, const a
 
 template <typename In, int T>
 void launch_forward(const Problem<In>& p, int64_t B, acc_t<In>* loss, acc_t<In>* lse) {
-  const Layout<In> L(T, p.Cp, p.P, p.M, 0);
+  const Layout L = layout_of<In>(T, p.Cp, p.P, p.M, DragsawKernel::kForward);
   auto kernel = dragsaw_forward_kernel<In, T>;
   allow_shared_memory<dragsaw_forward_kernel<In, T>>();
   const dim3 grid(unsigned(ceil_div(p.N, T)), unsigned(B));
@@ -644,7 +636,7 @@ void launch_backward(const Problem<In>& p, int64_t B, const acc_t<In>* grad, con
                      acc_t<In>* d_rows_hat, acc_t<In>* d_cols_hat, bool atomic) {
   const auto stream = at::cuda::getCurrentCUDAStream();
   if (atomic) {
-    const Layout<In> L(T, p.Cp, p.P, p.M, 2);
+    const Layout L = layout_of<In>(T, p.Cp, p.P, p.M, DragsawKernel::kBackwardAtomic);
     auto kernel = dragsaw_backward_rows_kernel<In, T, true>;
     allow_shared_memory<dragsaw_backward_rows_kernel<In, T, true>>();
     kernel<<<dim3(unsigned(ceil_div(p.N, T)), unsigned(B)), T * kThreadsPerRow, L.total, stream>>>(
@@ -652,7 +644,7 @@ void launch_backward(const Problem<In>& p, int64_t B, const acc_t<In>* grad, con
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  const Layout<In> L(T, p.Cp, p.P, p.M, 1);
+  const Layout L = layout_of<In>(T, p.Cp, p.P, p.M, DragsawKernel::kBackwardSplit);
   auto rows_kernel = dragsaw_backward_rows_kernel<In, T, false>;
   allow_shared_memory<dragsaw_backward_rows_kernel<In, T, false>>();
   rows_kernel<<<dim3(unsigned(ceil_div(p.N, T)), unsigned(B)), T * kThreadsPerRow, L.total, stream>>>(
@@ -664,6 +656,44 @@ void launch_backward(const Problem<In>& p, int64_t B, const acc_t<In>* grad, con
       p, grad, lse, d_cols_hat);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+
+// The backward kernels for feature type In: d_rows_hat (B, N, Cp) and d_cols_hat (B, K, Cp) in the
+// accumulation type. The atomic kernel when it is the chosen variant (PDCR_CUDA_BACKWARD /
+// set_cuda_backward, not under torch.use_deterministic_algorithms) and fits the device's shared
+// memory, else the split kernels (dragsaw_layout.h: plan_backward). Returns the gradients of the
+// normalised vectors.
+template <typename In>
+std::tuple<at::Tensor, at::Tensor> run_backward_kernels(const Problem<In>& p, int64_t B,
+                                                        const at::Tensor& grad_acc,
+                                                        const at::Tensor& lse_acc,
+                                                        const at::TensorOptions& acc_options) {
+  using Acc = acc_t<In>;
+  const bool prefer_atomic =
+      backward_variant_name() == "atomic" && !at::globalContext().deterministicAlgorithms();
+  const BackwardPlan plan = plan_backward(max_shared_memory(), p.Cp, p.P, p.M, tile_bytes_of<In>(),
+                                          prefer_atomic);
+  TORCH_CHECK(plan.tile > 0, "dragsaw_loss_backward: C=", p.Cp, " channels (padded) do not fit "
+              "the CUDA backward kernels' shared memory; call pdcr_ext.dragsaw_loss, which routes "
+              "such widths to an exact path before the forward");
+  const bool atomic = plan.kernel == DragsawKernel::kBackwardAtomic;
+  at::Tensor d_rows_hat = at::empty({B, p.N, p.Cp}, acc_options);
+  // atomics add into it: zeros; the split columns kernel writes every entry
+  at::Tensor d_cols_hat = atomic ? at::zeros({B, p.K, p.Cp}, acc_options) : at::empty({B, p.K, p.Cp}, acc_options);
+  const Acc* g = grad_acc.template data_ptr<Acc>();
+  const Acc* l = lse_acc.template data_ptr<Acc>();
+  Acc* dr = d_rows_hat.template data_ptr<Acc>();
+  Acc* dc = d_cols_hat.template data_ptr<Acc>();
+  switch (plan.tile) {
+    case 64: launch_backward<In, 64>(p, B, g, l, dr, dc, atomic); break;
+    case 32: launch_backward<In, 32>(p, B, g, l, dr, dc, atomic); break;
+    default: launch_backward<In, 16>(p, B, g, l, dr, dc, atomic); break;
+  }
+  return {d_rows_hat, d_cols_hat};
+}
+
+// dragsaw_loss_f32.cu instantiates the float32 backward kernels; the float16 backward runs them.
+extern template std::tuple<at::Tensor, at::Tensor> run_backward_kernels<float>(
+    const Problem<float>&, int64_t, const at::Tensor&, const at::Tensor&, const at::TensorOptions&);
 
 template <typename In>
 std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& rows, const at::Tensor& phi_rows,
@@ -682,7 +712,7 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& rows, const at
   }
   const Prepared<In> prep = prepare<In>(rows, phi_rows, cols, phi_cols, tau);
   const Problem<In>& p = prep.problem;
-  switch (choose_tile<In>(p.Cp, p.P, p.M, 0)) {
+  switch (forward_tile<In>(p.Cp, p.P, p.M)) {
     case 64: launch_forward<In, 64>(p, B, loss.template data_ptr<Acc>(), lse.template data_ptr<Acc>()); break;
     case 32: launch_forward<In, 32>(p, B, loss.template data_ptr<Acc>(), lse.template data_ptr<Acc>()); break;
     default: launch_forward<In, 16>(p, B, loss.template data_ptr<Acc>(), lse.template data_ptr<Acc>()); break;
@@ -700,35 +730,47 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const a
   const int64_t B = rows.size(0), N = rows.size(1), K = cols.size(1);
   const int C = int(rows.size(2));
   if (B == 0 || N == 0 || K == 0) return {at::zeros_like(rows), at::zeros_like(cols)};
+  // normalised exactly as in the forward (in the input type), so that S matches the saved LSE
   const Prepared<In> prep = prepare<In>(rows, phi_rows, cols, phi_cols, tau);
   const Problem<In>& p = prep.problem;
   const at::Tensor grad_acc = grad.to(acc_dtype).contiguous();
   const at::Tensor lse_acc = lse.to(acc_dtype).contiguous();
-  // atomics add in a run-dependent order: deterministic mode takes the split variant
-  const bool atomic =
-      backward_variant_name() == "atomic" && !at::globalContext().deterministicAlgorithms();
-  at::Tensor d_rows_hat = at::empty({B, N, p.Cp}, rows.options().dtype(acc_dtype));
-  at::Tensor d_cols_hat = atomic ? at::zeros({B, K, p.Cp}, rows.options().dtype(acc_dtype))
-                                 : at::empty({B, K, p.Cp}, rows.options().dtype(acc_dtype));
-  const Acc* g = grad_acc.template data_ptr<Acc>();
-  const Acc* l = lse_acc.template data_ptr<Acc>();
-  Acc* dr = d_rows_hat.template data_ptr<Acc>();
-  Acc* dc = d_cols_hat.template data_ptr<Acc>();
-  switch (choose_tile<In>(p.Cp, p.P, p.M, atomic ? 2 : 1)) {
-    case 64: launch_backward<In, 64>(p, B, g, l, dr, dc, atomic); break;
-    case 32: launch_backward<In, 32>(p, B, g, l, dr, dc, atomic); break;
-    default: launch_backward<In, 16>(p, B, g, l, dr, dc, atomic); break;
+  const auto acc_options = rows.options().dtype(acc_dtype);
+  at::Tensor d_rows_hat, d_cols_hat;
+  if constexpr (backward_kernel_type(FeatureTypeOf<In>::value) == FeatureType::kFloat32 &&
+                !std::is_same<In, float>::value) {
+    // float16: G in float32 (dragsaw_layout.h: backward_kernel_type), by running the float32
+    // kernels on float copies of the float16 normalised vectors (exact: every float16 is a
+    // float32); their products are 3xTF32. The kernels are bound by the per-pair elementwise work,
+    // not by the products (README, GPU section), so this costs the float16 backward little.
+    const at::Tensor rows_hat = prep.rows_hat.to(at::kFloat);
+    const at::Tensor cols_hat = prep.cols_hat.is_same(prep.rows_hat) ? rows_hat : prep.cols_hat.to(at::kFloat);
+    Problem<float> q;
+    q.N = p.N;
+    q.K = p.K;
+    q.C = p.C;
+    q.Cp = p.Cp;
+    q.P = p.P;
+    q.M = p.M;
+    q.rows_hat = rows_hat.data_ptr<float>();
+    q.cols_hat = cols_hat.data_ptr<float>();
+    q.phi_rows = p.phi_rows;
+    q.phi_cols = p.phi_cols;
+    q.inv_tau = p.inv_tau;
+    std::tie(d_rows_hat, d_cols_hat) = run_backward_kernels<float>(q, B, grad_acc, lse_acc, acc_options);
+  } else {
+    std::tie(d_rows_hat, d_cols_hat) = run_backward_kernels<In>(p, B, grad_acc, lse_acc, acc_options);
   }
   const auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor grad_rows = at::empty({B, N, C}, rows.options());
   at::Tensor grad_cols = at::empty({B, K, C}, cols.options());
   normalize_backward_kernel<In><<<ceil_div(B * N, 8), 256, 0, stream>>>(
-      dr, reinterpret_cast<const In*>(prep.rows.data_ptr()), prep.row_norm.template data_ptr<Acc>(), B * N, C,
-      p.Cp, reinterpret_cast<In*>(grad_rows.data_ptr()));
+      d_rows_hat.template data_ptr<Acc>(), reinterpret_cast<const In*>(prep.rows.data_ptr()),
+      prep.row_norm.template data_ptr<Acc>(), B * N, C, p.Cp, reinterpret_cast<In*>(grad_rows.data_ptr()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   normalize_backward_kernel<In><<<ceil_div(B * K, 8), 256, 0, stream>>>(
-      dc, reinterpret_cast<const In*>(prep.cols.data_ptr()), prep.col_norm.template data_ptr<Acc>(), B * K, C,
-      p.Cp, reinterpret_cast<In*>(grad_cols.data_ptr()));
+      d_cols_hat.template data_ptr<Acc>(), reinterpret_cast<const In*>(prep.cols.data_ptr()),
+      prep.col_norm.template data_ptr<Acc>(), B * K, C, p.Cp, reinterpret_cast<In*>(grad_cols.data_ptr()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {grad_rows, grad_cols};
 }

@@ -15,7 +15,10 @@
 //
 // Matrix products: bf16/fp16 inputs on bf16/fp16 tensor cores with fp32 accumulation; float32
 // inputs on TF32 tensor cores with the 3xTF32 split (a = a_hi + a_lo, three products), which keeps
-// float32 accuracy; float64 (for gradcheck) on CUDA cores. The per-element math is pdcr_math.h's.
+// float32 accuracy; float64 (for gradcheck) on CUDA cores. The fp16 backward runs the float32
+// kernels on float copies of the fp16 normalised vectors, so that G never leaves float32's range
+// (dragsaw_layout.h). The per-element math is pdcr_math.h's; the shared-memory layout and the
+// choice of tile and backward variant are dragsaw_layout.h's.
 #include <torch/library.h>
 
 #include <cstdlib>

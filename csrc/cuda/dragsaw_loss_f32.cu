@@ -11,6 +11,9 @@ template std::tuple<at::Tensor, at::Tensor> forward_impl<float>(const at::Tensor
 template std::tuple<at::Tensor, at::Tensor> backward_impl<float>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, double);
+// also the backward of float16 features (dragsaw_layout.h: backward_kernel_type)
+template std::tuple<at::Tensor, at::Tensor> run_backward_kernels<float>(
+    const Problem<float>&, int64_t, const at::Tensor&, const at::Tensor&, const at::TensorOptions&);
 
 }  // namespace detail
 }  // namespace cuda

@@ -6,4 +6,4 @@ MONAI metrics and transforms, a training loop (one process or torchrun's DDP) wi
 and figures, and the `pdcr-seg` command line. pdcr_ext never imports this package.
 """
 
-__version__ = "0.1.0"
+from pdcr_ext._version import __version__  # one version for the whole distribution

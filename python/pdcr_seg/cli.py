@@ -4,6 +4,7 @@
     pdcr-seg eval --checkpoint runs/a/checkpoint_best.pt --out runs/a/eval
     pdcr-seg predict --checkpoint runs/a/checkpoint_best.pt --input images/ --out runs/a/masks
     pdcr-seg models                                            (parameters and FLOPs, Table IV)
+    pdcr-seg nnunet install | uninstall | convert              (PDCR and UAFR in nnU-Net v2)
     torchrun --nproc_per_node=2 -m pdcr_seg train ...          (DistributedDataParallel)
 
 Bad input (a missing folder, images without masks, an unknown model, a bad setting, an --out
@@ -259,6 +260,9 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--results", default="benchmarks/results", help="where tables and figures go")
     x.add_argument("--max-steps", type=int, default=None, help="cap every run (smoke tests)")
     x.set_defaults(run=cmd_experiment)
+    from .nnunet.command import add_parser as add_nnunet_parser
+
+    add_nnunet_parser(sub)
     return p
 
 
