@@ -53,8 +53,9 @@ bench: build
 demo: build
 	$(PY) -m pdcr_seg.demo
 
-# What PDCR and UAFR do, measured: the built-in plan of training runs (about 40 minutes on a 2-core
-# CPU; resumes where it stopped), then benchmarks/results/experiments.md and its figures.
+# What PDCR and UAFR do, measured: the built-in plan of 73 training runs (about an hour on a 2-core
+# CPU; resumes where it stopped), then benchmarks/results/experiments.md, experiments.json and the
+# figures, all from this one run.
 experiment: build
 	$(PY) -m pdcr_seg experiment
 

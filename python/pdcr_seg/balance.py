@@ -21,10 +21,15 @@ parameters), then the step's ordinary backward of the total; the segmentation gr
 total's minus PDCR's. So ``.grad`` after the call is exactly what ``(seg + pdcr).backward()`` gives
 (the same call, bit for bit, DistributedDataParallel's all-reduce included), and a measured step
 costs one backward through the layers PDCR reaches on top of an ordinary step.
+
+pdcr-seg train measures it at step 0 and every --balance-every steps (train.py), and with
+--pdcr-target-ratio sets PDCR's weight from the first steps' ratios (``weight_for_ratio``).
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -134,3 +139,33 @@ def gradient_balance(model: nn.Module, seg_loss: torch.Tensor, pdcr_loss: torch.
     return GradientBalance(seg_norm=seg_norm, pdcr_norm=pdcr_norm,
                            ratio=pdcr_norm / seg_norm if seg_norm > 0 else float("inf"),
                            parameters=len(shared), elements=sum(p.numel() for p in shared))
+
+
+def weight_for_ratio(weight: float, ratios: Iterable[float], target: float) -> float:
+    """The PDCR weight that puts ||grad PDCR|| / ||grad seg|| at `target`, from `ratios` measured
+    at `weight`: weight x target / median(ratios). PDCR's gradient is linear in its weight and the
+    segmentation loss's does not depend on it, so the ratio is too (the median, because one odd
+    batch should not set the weight of a whole run).
+
+    Raises FloatingPointError when the median is not a finite number > 0 (nothing to scale).
+    """
+    ratios = [float(r) for r in ratios]
+    if not ratios:
+        raise ValueError("weight_for_ratio needs at least one measured ratio")
+    median = statistics.median(ratios)
+    if not (math.isfinite(median) and median > 0):
+        raise FloatingPointError(f"the gradient ratio measured at PDCR weight {weight:g} has median {median:g} "
+                                 f"(over {len(ratios)} steps): no weight gives ratio {target:g}")
+    return weight * target / median
+
+
+def summarize_measurements(measurements: list[dict]) -> dict:
+    """Mean and median of the measured norms and ratios, their count, and the measurements
+    themselves (dicts with step, seg_norm, pdcr_norm, ratio, pdcr_weight), for summary.json."""
+    out: dict = {"count": len(measurements)}
+    for key in ("ratio", "seg_norm", "pdcr_norm"):
+        values = [m[key] for m in measurements]
+        out[f"{key}_mean"] = statistics.fmean(values) if values else math.nan
+        out[f"{key}_median"] = statistics.median(values) if values else math.nan
+    out["values"] = list(measurements)
+    return out

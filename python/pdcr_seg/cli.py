@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import FIELDS, ConfigError, TrainConfig, from_dict, load_yaml
+from .config import FIELDS, ConfigError, TrainConfig, from_dict, from_run, load_yaml
 
 
 def _pair(text: str) -> list[str]:
@@ -29,6 +29,18 @@ def _pair(text: str) -> list[str]:
     if len(parts) != 2 or not all(parts):
         raise argparse.ArgumentTypeError(f"expected LAYER_A:LAYER_B, got {text!r}")
     return parts
+
+
+def _count_or(word: str):
+    """An argparse type: an integer, or `word` (which means None: the setting's other meaning)."""
+    def parse(text: str):
+        if text == word:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer or {word}, got {text!r}") from None
+    return parse
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -69,8 +81,23 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="N per layer, the last repeating (default 128 64 32 8)")
     g.add_argument("--pdcr-dense", action="store_true", default=S, help="every position of each PDCR layer")
     g.add_argument("--pdcr-pair-reduction", choices=["sum", "mean"], default=S)
+    g.add_argument("--pdcr-patch-reduction", choices=["mean", "sum"], default=S,
+                   help="over the patch series: mean (default; Section V-C2 (3)) or sum (eq. 12 as printed)")
+    g.add_argument("--pdcr-tau", type=float, default=S, help=f"temperature of eq. 9 (default {d.pdcr_tau}, the authors')")
+    g.add_argument("--pdcr-cross-samples", type=_count_or("own"), default=S, metavar="N|own",
+                   help=f"N on each layer of a cross-layer pair (default {d.pdcr_cross_samples}; own: each layer's N)")
+    g.add_argument("--pdcr-target-ratio", type=float, default=S, metavar="R",
+                   help="set the PDCR weight so that ||grad PDCR|| / ||grad seg|| is R (seg: CE or Dice + CE): measured over the first "
+                        "--pdcr-calibration-steps steps at --pdcr-weight, then weight x R / their median, fixed")
+    g.add_argument("--pdcr-calibration-steps", type=int, default=S,
+                   help=f"steps measured for --pdcr-target-ratio (default {d.pdcr_calibration_steps})")
     g.add_argument("--uafr", action="store_true", default=S, help="add UAFR (every encoder and decoder stage)")
     g.add_argument("--uafr-layers", nargs="+", default=S, metavar="LAYER")
+    g.add_argument("--uafr-hidden", type=_count_or("wide"), default=S, metavar="N|wide",
+                   help=f"hidden channels of UAFR's head (default {d.uafr_hidden}, the authors'; wide: min(C, 64))")
+    g.add_argument("--balance-every", type=int, default=S, metavar="K",
+                   help=f"with PDCR: measure ||grad PDCR|| and the segmentation loss's ||grad seg|| at step 0 and every K steps "
+                        f"(default {d.balance_every}; 0: never)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=S, help=f"(default {d.epochs})")
     g.add_argument("--max-steps", type=int, default=S, help="stop after this many steps in all")
@@ -105,7 +132,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         saved = Path(given["out"]) / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume: {saved} does not exist (no run to continue in {saved.parent})")
-        base = from_dict(load_yaml(saved), source=str(saved))
+        base = from_run(load_yaml(saved), source=str(saved))  # an older run: with its own values
     if hasattr(args, "config"):
         base = from_dict(load_yaml(args.config), base, source=f"config file {args.config}")
     return from_dict(given, base).validate()

@@ -8,6 +8,12 @@ Every value, from whichever source, is checked and converted against the field's
 (`from_dict`): YAML reads `1e-3` as a string, which becomes the float 0.001; `pdcr: "no"` (a
 string where true/false is expected), `pdcr_layers: enc2` (a string where a list is expected) or
 `epochs: three` are one-line errors naming the key. `validate` then checks the values' ranges.
+
+Versions: a run's config records every setting that changes what it trains, library defaults
+included (PDCR's temperature, patch-series reduction, cross-layer N; UAFR's head width), so that
+a later change of a default cannot change what an old run is rebuilt as. `config_version` says
+which rules wrote it; `from_run` reads a run's saved config (config.yaml, a checkpoint's) and
+fills what an older version did not record with the values that version trained with (`upgrade`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,17 @@ import yaml
 
 class ConfigError(ValueError):
     """A bad setting; the message is one line naming it."""
+
+
+# 0: before versions, and before the paper's defaults (a config without pdcr_preset): PDCR at
+#    tau 0.5, the patch series summed, a cross-layer pair at each layer's own N, on encoder
+#    stages 2-4 and the pair; UAFR's head min(C, 64) wide.
+# 1: the paper's defaults (a config with pdcr_preset but no version): tau 1, the patch series
+#    averaged, 32 x 32 cross-layer samples, --pdcr with the decoder, UAFR's head 16 wide; no
+#    gradient-balance measurement.
+# 2: every setting above recorded (pdcr_tau, pdcr_patch_reduction, pdcr_cross_samples,
+#    uafr_hidden), the gradient balance measured (balance_every), pdcr_target_ratio.
+CONFIG_VERSION = 2
 
 
 @dataclass
@@ -55,8 +72,18 @@ class TrainConfig:
     pdcr_samples: list[int] | None = None  # N per layer; None: 128, 64, 32, then 8 (the paper)
     pdcr_dense: bool = False  # every position of each PDCR layer (N = h w), beyond the paper
     pdcr_pair_reduction: str = "sum"  # sum (eq. 12) | mean (each term over its pairs)
+    pdcr_patch_reduction: str = "mean"  # over the patch series: mean (Section V-C2 (3)) | sum (eq. 12 printed)
+    pdcr_tau: float = 1.0  # temperature of eq. 9 (the paper gives none; the authors' released value)
+    pdcr_cross_samples: int | None = 32  # N on each layer of a cross pair (the authors'); None: each layer's own
+    # the weight from the gradient balance: measure ||grad PDCR|| / ||grad seg|| on the first
+    # pdcr_calibration_steps steps at pdcr_weight, then pdcr_weight x target / their median, fixed
+    pdcr_target_ratio: float | None = None
+    pdcr_calibration_steps: int = 5
     uafr: bool = False
     uafr_layers: list[str] | None = None  # None: every encoder and decoder stage
+    uafr_hidden: int | None = 16  # hidden channels of UAFR's head (the authors'); None: min(C, 64)
+    # measurement: the gradient balance (pdcr_seg.balance) at step 0 and every balance_every steps; 0: never
+    balance_every: int = 15  # a measured step costs about 1.5 steps (CPU): +3.3 % on average
     # optimisation (the paper's: Adam, lr 1e-3, cosine schedule, weight decay 1e-5)
     epochs: int = 20
     max_steps: int | None = None  # stop after this many steps in all (smoke tests)
@@ -72,6 +99,7 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes
     overlays: int = 4  # test tiles drawn in overlays/
     out: str | None = None  # the run directory; None: a new runs/<date>-<time>-<model>
+    config_version: int = CONFIG_VERSION  # the rules that wrote this config (module docstring)
 
     def validate(self) -> "TrainConfig":
         """Checks every setting (ranges, the model's name, the device) and makes a folder data
@@ -105,6 +133,22 @@ class TrainConfig:
              f"--pdcr-preset must be paper or encoder, got {self.pdcr_preset!r}")
         need(self.pdcr_pair_reduction in ("sum", "mean"),
              f"--pdcr-pair-reduction must be sum or mean, got {self.pdcr_pair_reduction!r}")
+        need(self.pdcr_patch_reduction in ("sum", "mean"),
+             f"--pdcr-patch-reduction must be sum or mean, got {self.pdcr_patch_reduction!r}")
+        need(finite(self.pdcr_tau) and self.pdcr_tau > 0, f"--pdcr-tau must be a finite number > 0, got {self.pdcr_tau}")
+        need(self.pdcr_cross_samples is None or self.pdcr_cross_samples >= 1,
+             f"--pdcr-cross-samples must be >= 1, got {self.pdcr_cross_samples}")
+        need(self.pdcr_target_ratio is None or (finite(self.pdcr_target_ratio) and self.pdcr_target_ratio > 0),
+             f"--pdcr-target-ratio must be a finite number > 0, got {self.pdcr_target_ratio}")
+        need(self.pdcr_target_ratio is None or self.pdcr_weight > 0,
+             "--pdcr-target-ratio scales --pdcr-weight from the ratio it gives: --pdcr-weight must be > 0")
+        need(self.pdcr_calibration_steps >= 1,
+             f"--pdcr-calibration-steps must be >= 1, got {self.pdcr_calibration_steps}")
+        need(self.uafr_hidden is None or self.uafr_hidden >= 1, f"--uafr-hidden must be >= 1, got {self.uafr_hidden}")
+        need(self.balance_every >= 0, f"--balance-every must be >= 0 (0: never), got {self.balance_every}")
+        need(self.config_version == CONFIG_VERSION,
+             f"config_version {self.config_version}: this pdcr-seg writes version {CONFIG_VERSION}; an older "
+             "run's config is read with its own values by --resume and eval, not as settings of a new run")
         need(not (self.pdcr_decoder and self.pdcr_mode == "receptive_field"),
              "--pdcr-decoder needs --pdcr-mode hierarchical: receptive fields are defined for the encoder")
         need(self.num_classes is None or self.num_classes >= 2, f"--num-classes must be >= 2, got {self.num_classes}")
@@ -128,6 +172,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+NONE_WORDS = {"uafr_hidden": "wide", "pdcr_cross_samples": "own"}  # the word a setting's None is written as
 TYPES = typing.get_type_hints(TrainConfig)
 
 
@@ -242,11 +287,47 @@ def from_dict(values: dict, base: TrainConfig | None = None, source: str = "") -
     for key, value in values.items():
         if key == "pdcr_cross" and isinstance(value, list):  # pairs may be written "A:B", as on the command line
             value = [item.split(":") if isinstance(item, str) else item for item in value]
+        if value == NONE_WORDS.get(key):  # as on the command line: "wide" (min(C, 64)), "own" (each layer's N)
+            value = None
         try:
             typed[key] = convert(key, value, TYPES[key])
         except ConfigError as error:
             raise ConfigError(f"{prefix}{error}") from None
     return dataclasses.replace(base or TrainConfig(), **typed)
+
+
+def upgrade(values: dict) -> dict:
+    """A run's saved config (a dict) in the current version: the settings an older version did not
+    record get the values that version trained with (CONFIG_VERSION's comment). A config without
+    a version is version 1 if it names a pdcr_preset, else version 0."""
+    values = dict(values)
+    version = values.get("config_version")
+    if version is None:
+        version = 1 if "pdcr_preset" in values else 0
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config_version: expected an integer, got {version!r}") from None
+    if version > CONFIG_VERSION:
+        raise ConfigError(f"config_version {version}: written by a newer pdcr-seg (this one reads up to "
+                          f"{CONFIG_VERSION}); update pdcr-seg")
+    if version < 1:
+        values.setdefault("pdcr_preset", "encoder")
+        values.setdefault("pdcr_tau", 0.5)
+        # the old pair_reduction "mean" divided the k-summed series by P x N x K: the series'
+        # mean over N x K, which is today's patch mean with pair mean
+        values.setdefault("pdcr_patch_reduction", "mean" if values.get("pdcr_pair_reduction") == "mean" else "sum")
+        values.setdefault("pdcr_cross_samples", None)
+        values.setdefault("uafr_hidden", None)
+    if version < 2:
+        values.setdefault("balance_every", 0)  # never measured
+    values["config_version"] = CONFIG_VERSION
+    return values
+
+
+def from_run(values: dict, source: str = "") -> TrainConfig:
+    """The TrainConfig of a run's saved config (any version; see `upgrade`)."""
+    return from_dict(upgrade(values), source=source)
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -266,5 +347,5 @@ def save_yaml(config: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-__all__ = ["TrainConfig", "ConfigError", "from_dict", "load_yaml", "save_yaml", "FIELDS", "convert",
+__all__ = ["TrainConfig", "ConfigError", "CONFIG_VERSION", "from_dict", "from_run", "upgrade", "load_yaml", "save_yaml", "FIELDS", "convert",
            "check_device", "check_model_name", "absolute_data_spec"]

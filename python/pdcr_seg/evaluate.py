@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from . import distributed
-from .config import ConfigError, TrainConfig, from_dict
+from .config import ConfigError, TrainConfig, from_run
 from .methods import attach_methods
-from .metrics import per_image_metrics, summarize
+from .metrics import SLICE_NAME, image_rows, per_image_metrics, summarize, volume_rows
 from .models import build_model
 
 
@@ -69,8 +69,13 @@ def inference_roi(cfg: TrainConfig):
 
 
 def evaluate(model: nn.Module, dataset, num_classes: int, ctx: distributed.Context, *,
-             batch_size: int = 8, ignore_index: int | None = None, amp: bool = False, roi=None) -> dict:
-    """Metrics of `model` on every item of `dataset`, as metrics.summarize gives them.
+             batch_size: int = 8, ignore_index: int | None = None, amp: bool = False, roi=None,
+             per_item: bool = True) -> dict:
+    """Metrics of `model` on every item of `dataset`, as metrics.summarize gives them, plus
+    "per_image": each item's scores by name (metrics.image_rows), and where the items are slices
+    of volumes (named "<volume>_slice<k>": lung-ct in 2-D), "per_volume": each volume's scores
+    in 3-D from its stacked slices (metrics.volume_rows; lung-ct: per patient). `per_item=False`:
+    the summary only (validation, every epoch).
 
     Under DDP each rank evaluates every world_size-th item and the per-image rows are gathered,
     so every rank returns the same summary (over the whole dataset, each item once). With `roi`
@@ -80,7 +85,7 @@ def evaluate(model: nn.Module, dataset, num_classes: int, ctx: distributed.Conte
         batch_size = 1  # volumes may differ in size
     was_training = model.training
     model.eval()
-    rows = []
+    rows, slices = [], []
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp)
     try:
@@ -90,11 +95,23 @@ def evaluate(model: nn.Module, dataset, num_classes: int, ctx: distributed.Conte
             labels = torch.stack([item["label"] for item in items]).to(ctx.device)
             with autocast:
                 logits = predict_logits(model, images, roi)
-            rows += per_image_metrics(logits.argmax(1).cpu(), labels[:, 0].cpu(), num_classes, ignore_index)
+            prediction = logits.argmax(1).cpu()
+            scores = per_image_metrics(prediction, labels[:, 0].cpu(), num_classes, ignore_index)
+            for j, (item, row) in enumerate(zip(items, scores)):
+                rows.append({**row, "name": item["name"], "index": indices[start + j]})
+                if per_item and SLICE_NAME.match(item["name"]):  # kept to be stacked into its volume
+                    slices.append((item["name"], prediction[j], item["label"][0], item.get("spacing")))
     finally:
         model.train(was_training)
-    rows = distributed.gather(ctx, rows)
-    return summarize(rows, num_classes)
+    rows = sorted(distributed.gather(ctx, rows), key=lambda row: row["index"])
+    result = summarize(rows, num_classes)
+    if not per_item:
+        return result
+    result["per_image"] = image_rows(rows, num_classes)
+    slices = distributed.gather(ctx, slices)
+    if slices:
+        result["per_volume"] = volume_rows(slices, num_classes, ignore_index)
+    return result
 
 
 def build_run(cfg: TrainConfig, in_channels: int, num_classes: int, device: torch.device):
@@ -130,7 +147,7 @@ def load_run(checkpoint: str | Path, device: torch.device):
         raise RunError(f"checkpoint {path} cannot be read: {error}") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise RunError(f"{path} is not a pdcr-seg checkpoint")
-    cfg = from_dict(state["config"])
+    cfg = from_run(state["config"], source=f"{path}'s config")  # an older run with its own values
     data = state["data"]
     model, handle = build_run(cfg, data["in_channels"], data["num_classes"], device)
     model.load_state_dict(state["model"])

@@ -46,13 +46,20 @@ def progress_figure(history: list[dict], title: str = "", seg_name: str = "cross
     """Training curves per epoch, each on its own axis: the segmentation loss; the PDCR loss
     (weight x eq. 12: thousands next to a cross-entropy below 1, hence its own panel); each PDCR
     term relative to its first epoch (their sizes differ by orders of magnitude and include a
-    constant, so their change is what to read; from 2 epochs on); validation Dice and Jaccard."""
+    constant, so their change is what to read; from 2 epochs on); the gradient balance
+    ||grad PDCR|| / ||grad seg|| of every measured step, on a log axis against the step (when
+    measured); validation Dice and Jaccard."""
     epochs = [h["epoch"] + 1 for h in history]
     terms = sorted({name for h in history for name in h.get("train_terms", {})})
     has_pdcr = bool(terms) or any(h.get("train_pdcr") for h in history)
-    kinds = ["seg"] + (["pdcr"] if has_pdcr else []) + (["terms"] if terms and len(history) > 1 else []) + ["val"]
+    measured = [m for h in history for m in h.get("balance", {}).get("values", [])]
+    kinds = (["seg"] + (["pdcr"] if has_pdcr else []) + (["terms"] if terms and len(history) > 1 else [])
+             + (["balance"] if measured else []) + ["val"])
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.9 * len(kinds), 3.5), layout="constrained", squeeze=False)
     for kind, ax in zip(kinds, axes[0]):
+        if kind == "balance":
+            _balance_panel(ax, measured, "CE" if seg_name == "cross-entropy" else seg_name)
+            continue
         _epoch_axis(ax, epochs)
         if kind == "seg":
             values = [h["train_seg"] for h in history]
@@ -93,6 +100,29 @@ def progress_figure(history: list[dict], title: str = "", seg_name: str = "cross
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def _balance_panel(ax, measured: list[dict], seg: str = "CE") -> None:
+    """||grad PDCR|| / ||grad seg|| against the step, log axis; a line at 1 (the two level), and
+    where --pdcr-target-ratio changed the weight, a mark."""
+    steps = [m["step"] for m in measured]
+    ratios = [m["ratio"] if m["ratio"] > 0 and math.isfinite(m["ratio"]) else float("nan") for m in measured]
+    ax.plot(steps, ratios, "o-", color="tab:red", markersize=3, linewidth=1)
+    ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle=":")
+    ax.set_yscale("log")
+    weights = [m["pdcr_weight"] for m in measured]
+    for before, after, step in zip(weights, weights[1:], steps):
+        if after != before:  # set after `step` (the last one measured at the old weight)
+            ax.axvline(step + 0.5, color="tab:blue", linewidth=0.8, linestyle="--",
+                       label=f"weight {before:.3g} → {after:.3g}")
+            ax.legend(fontsize=7)
+    ax.set_title("gradient balance (shared weights)", fontsize=9)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"‖∇ PDCR‖ / ‖∇ {seg}‖")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if len(steps) == 1:
+        ax.set_xlim(steps[0] - 1, steps[0] + 1)
+    ax.grid(alpha=0.3, which="both")
 
 
 def class_colours(num_classes: int) -> list[tuple[float, float, float]]:

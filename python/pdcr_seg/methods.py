@@ -71,12 +71,15 @@ def attach_methods(model: nn.Module, cfg: TrainConfig, num_classes: int,
         return None
     names, cross = pdcr_layers(model, cfg) if cfg.pdcr else ([], [])
     options = {}
-    if cfg.pdcr:
-        options = dict(mode=cfg.pdcr_mode, samples=samples(names, cfg), weight=cfg.pdcr_weight,
-                       pair_reduction=cfg.pdcr_pair_reduction, ignore_index=cfg.ignore_index)
+    if cfg.pdcr:  # every value that changes the loss comes from the config (config.py: versions)
+        options = dict(mode=cfg.pdcr_mode, samples=samples(names, cfg), weight=cfg.pdcr_weight, tau=cfg.pdcr_tau,
+                       patch_reduction=cfg.pdcr_patch_reduction, pair_reduction=cfg.pdcr_pair_reduction,
+                       cross_samples=cfg.pdcr_cross_samples, ignore_index=cfg.ignore_index)
+    hidden = "wide" if cfg.uafr_hidden is None else cfg.uafr_hidden  # pdcr_ext.UAFR's name for min(C, 64)
     try:
         return pdcr_ext.attach(model, pdcr_layers=names, cross_layers=cross,
                                uafr_layers=uafr_layers(model, cfg) if cfg.uafr else [],
-                               num_classes=num_classes, example_input=example_input, **options)
+                               num_classes=num_classes, example_input=example_input,
+                               uafr_options={"hidden_channels": hidden}, **options)
     except ValueError as error:  # an unknown layer name, a layer without a (B, C, h, w) output
         raise ConfigError(str(error)) from None

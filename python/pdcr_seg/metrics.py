@@ -17,11 +17,17 @@ What happens with empty masks (MONAI's conventions, kept as they are):
 The summary values ``dice``, ``jaccard`` and ``hd95`` average the foreground classes 1..M-1 (for
 two classes: the lesion / nucleus class, as the paper reports); ``*_per_class`` keeps every class,
 background included. HD95 is in pixels (voxels in 3-D).
+
+Per item: ``image_rows`` gives each test item's foreground Dice, Jaccard, HD95 and accuracy by
+name (the unit a paired per-image test needs); ``volume_rows`` stacks the slices of a volume
+(items named ``<volume>_slice<k>``, e.g. lung-ct's 2-D ``pat_1_slice017``) back into it and
+scores each volume in 3-D, HD95 in mm when the slices carry their spacing.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import torch
@@ -29,8 +35,11 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU
 from monai.networks.utils import one_hot
 
 
+SLICE_NAME = re.compile(r"^(?P<volume>.+)_slice(?P<index>\d+)$")  # a slice of a volume: pat_1_slice017
+
+
 def per_image_metrics(prediction: torch.Tensor, label: torch.Tensor, num_classes: int,
-                      ignore_index: int | None = None) -> list[dict]:
+                      ignore_index: int | None = None, spacing=None) -> list[dict]:
     """Metrics of each image of a batch.
 
     Args:
@@ -39,6 +48,7 @@ def per_image_metrics(prediction: torch.Tensor, label: torch.Tensor, num_classes
         num_classes: M.
         ignore_index: pixels with this label are left out (they count for no class and are not
             in the accuracy).
+        spacing: the pixel (voxel) size per spatial axis, for HD95 in those units; None: pixels.
 
     Returns:
         one dict per image: dice, jaccard, hd95 (lists of M floats, NaN where undefined) and
@@ -56,7 +66,8 @@ def per_image_metrics(prediction: torch.Tensor, label: torch.Tensor, num_classes
         warnings.simplefilter("ignore")
         dice = DiceMetric(include_background=True, reduction="none")(pred_1h, label_1h)
         jaccard = MeanIoU(include_background=True, reduction="none")(pred_1h, label_1h)
-        hd95 = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(pred_1h, label_1h)
+        hd95 = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(
+            pred_1h, label_1h, spacing=spacing)
     # undefined distances (a mask empty on either side) are NaN, whatever MONAI's version returns
     hd95 = torch.where(torch.isfinite(hd95), hd95, torch.full_like(hd95, float("nan")))
     correct = ((prediction == label) & valid).flatten(1).sum(1)
@@ -85,6 +96,42 @@ def summarize(rows: list[dict], num_classes: int) -> dict:
     out["accuracy"] = _nanmean([r["accuracy"] for r in rows])
     out["hd95_undefined"] = sum(
         1 for r in rows for c in foreground if math.isnan(r["hd95"][c]) and not math.isnan(r["dice"][c]))
+    return out
+
+
+def _foreground(values: list[float], num_classes: int) -> float:
+    return _nanmean(values[1:] if num_classes > 1 else values)
+
+
+def image_rows(rows: list[dict], num_classes: int) -> list[dict]:
+    """One row per item of per_image_metrics rows that carry a "name": its foreground Dice,
+    Jaccard, HD95 (NaN where undefined, as in the rows) and accuracy."""
+    return [{"name": r["name"], "dice": _foreground(r["dice"], num_classes),
+             "jaccard": _foreground(r["jaccard"], num_classes), "hd95": _foreground(r["hd95"], num_classes),
+             "accuracy": r["accuracy"]} for r in rows]
+
+
+def volume_rows(slices: list[tuple], num_classes: int, ignore_index: int | None = None) -> list[dict]:
+    """Each volume's metrics from its slices, stacked in slice order.
+
+    slices: (name "<volume>_slice<k>", prediction (H, W), label (H, W), spacing (dz, dy, dx) in mm
+    or None) per slice. Returns image_rows-like rows, one per volume, with "slices" (how many)
+    and HD95 in mm when the slices carry a spacing ("hd95_unit": "mm"), else in voxels.
+    """
+    volumes: dict[str, list] = {}
+    for name, prediction, label, spacing in slices:
+        match = SLICE_NAME.match(name)
+        volumes.setdefault(match["volume"], []).append((int(match["index"]), prediction, label, spacing))
+    out = []
+    for volume, parts in sorted(volumes.items()):
+        parts.sort(key=lambda part: part[0])
+        prediction = torch.stack([torch.as_tensor(part[1]) for part in parts])[None]  # (1, D, H, W)
+        label = torch.stack([torch.as_tensor(part[2]) for part in parts])[None]
+        spacing = parts[0][3]
+        (row,) = per_image_metrics(prediction, label, num_classes, ignore_index,
+                                   spacing=None if spacing is None else [float(v) for v in spacing])
+        (scored,) = image_rows([{**row, "name": volume}], num_classes)
+        out.append({**scored, "slices": len(parts), "hd95_unit": "voxels" if spacing is None else "mm"})
     return out
 
 

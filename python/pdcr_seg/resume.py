@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ConfigError, TrainConfig, absolute_data_spec, from_dict
+from .config import ConfigError, TrainConfig, absolute_data_spec, from_run
 
 # Settings a resumed run may change: none of them changes what the finished epochs computed.
 # (--epochs / --max-steps extend or shorten the run: the cosine schedule stretches to the new length.)
@@ -54,7 +54,7 @@ def load_checkpoint(path: Path) -> dict:
 def check_same_run(saved: dict, cfg: TrainConfig, out: Path) -> None:
     """ConfigError naming the first setting of `cfg` that differs from the run's own (`saved`, its
     checkpoint's config) and may not change on resume."""
-    run = from_dict(saved)
+    run = from_run(saved)
     run.data = absolute_data_spec(run.data)
     for key in run.to_dict():
         if key in RESUMABLE or getattr(run, key) == getattr(cfg, key):

@@ -43,6 +43,7 @@ except ImportError:  # pragma: no cover - tqdm is a dependency
         return iterable
 
 from . import distributed, figures, rundir
+from .balance import gradient_balance, summarize_measurements, weight_for_ratio
 from .config import ConfigError, TrainConfig
 from .data import DataBundle, build_datasets
 from .evaluate import (RunError, build_run, evaluate, example_size, inference_roi, model_options, segment,
@@ -66,6 +67,8 @@ class Progress:
     history: list = field(default_factory=list)  # one record per epoch done
     best_epoch: int | None = None  # the epoch of checkpoint_best.pt
     best_dice: float | None = None  # its validation Dice (None: not defined yet)
+    pdcr_weight: float | None = None  # the PDCR weight --pdcr-target-ratio set (None: not set yet)
+    calibration_ratios: list = field(default_factory=list)  # gradient ratios measured for it so far
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # ties the checkpoints to this run
 
     def to_dict(self) -> dict:
@@ -249,6 +252,8 @@ def set_up(cfg: TrainConfig, ctx: distributed.Context, *, resume: bool, overwrit
     notes = list(bundle.notes)
     if saved is not None:
         notes += restore(run, saved)
+        if run.progress.pdcr_weight is not None:  # the weight --pdcr-target-ratio set, as it was
+            run.handle.pdcr.weight = run.progress.pdcr_weight
 
     # Everything is checked: from here on the run folder changes.
     if ctx.is_main:
@@ -284,13 +289,29 @@ def epoch_loader(run: Run) -> DataLoader:
                       num_workers=cfg.workers, worker_init_fn=worker_init_fn if cfg.workers else None)
 
 
+def calibrating(run: Run) -> bool:
+    """Whether this step measures the gradient ratio for --pdcr-target-ratio (weight not set yet)."""
+    return run.cfg.pdcr and run.cfg.pdcr_target_ratio is not None and run.progress.pdcr_weight is None
+
+
+def measures_balance(run: Run) -> bool:
+    """Whether this step measures the gradient balance: with PDCR, at step 0 and every
+    --balance-every steps, and at every step of the --pdcr-target-ratio calibration."""
+    cfg, step = run.cfg, run.progress.step
+    return cfg.pdcr and (calibrating(run) or (cfg.balance_every > 0 and step % cfg.balance_every == 0))
+
+
 def train_step(run: Run, batch: dict) -> dict:
     """One optimisation step on one batch.
 
     Returns this step's numbers, which train_epoch averages over the epoch into the history as
     train_<name>: loss (the total), seg (the segmentation loss), pdcr (weight x eq. 12), dice
     (of the batch), and terms (each PDCR layer's and pair's term, a dict). A new per-step
-    measurement is one more entry here.
+    measurement is one more entry here. On a step that measures the gradient balance
+    (measures_balance), "balance" holds the step, the gradient norms of the segmentation loss
+    and of PDCR on the parameters both reach, their ratio and the PDCR weight; train_epoch lists
+    these rather than averaging them. The measurement leaves .grad exactly as the plain backward
+    does (pdcr_seg.balance), so it never changes what the run trains.
     """
     cfg, ctx = run.cfg, run.ctx
     images = batch["image"].to(ctx.device, non_blocking=True)
@@ -304,15 +325,41 @@ def train_step(run: Run, batch: dict) -> dict:
         raise FloatingPointError(f"the loss is {float(loss)} at step {run.progress.step + 1} (segmentation "
                                  f"{float(seg)}, PDCR {float(pdcr)}); lower --lr or --pdcr-weight")
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    balance = None
+    if measures_balance(run):
+        measured = gradient_balance(run.model, seg, pdcr)  # instead of loss.backward(): the same .grad
+        balance = {"step": run.progress.step, "seg_norm": measured.seg_norm, "pdcr_norm": measured.pdcr_norm,
+                   "ratio": measured.ratio, "pdcr_weight": run.handle.pdcr.weight}
+    else:
+        loss.backward()
     run.optimizer.step()
     run.scheduler.step()
+    if balance is not None and calibrating(run):
+        calibrate(run, balance["ratio"])
     run.progress.step += 1
     return {
         "loss": float(loss.detach()), "seg": float(seg.detach()), "pdcr": float(pdcr.detach()),
         "dice": batch_dice(logits.detach().float(), labels, run.bundle.num_classes, cfg.ignore_index),
         "terms": {name: float(value) for name, value in run.handle.terms.items()} if cfg.pdcr else {},
+        "balance": balance,
     }
+
+
+def calibrate(run: Run, ratio: float) -> None:
+    """--pdcr-target-ratio: keeps the ratio measured at the configured weight; after
+    --pdcr-calibration-steps of them, sets the weight to weight x target / their median for the
+    rest of the run (progress.pdcr_weight: in the checkpoint, so a resumed run keeps it)."""
+    cfg, progress = run.cfg, run.progress
+    progress.calibration_ratios.append(ratio)
+    if len(progress.calibration_ratios) < cfg.pdcr_calibration_steps:
+        return
+    weight = weight_for_ratio(cfg.pdcr_weight, progress.calibration_ratios, cfg.pdcr_target_ratio)
+    progress.pdcr_weight = distributed.broadcast(run.ctx, weight)  # one weight in every process
+    run.handle.pdcr.weight = progress.pdcr_weight
+    if run.ctx.is_main:
+        tqdm.write(f"PDCR weight {progress.pdcr_weight:.4g} from now on: ||grad PDCR|| / ||grad seg|| had median "
+                   f"{float(np.median(progress.calibration_ratios)):.4g} over steps 0-{progress.step} "
+                   f"at weight {cfg.pdcr_weight:g}; target {cfg.pdcr_target_ratio:g}")
 
 
 def train_epoch(run: Run) -> dict:
@@ -321,6 +368,7 @@ def train_epoch(run: Run) -> dict:
     cfg, ctx = run.cfg, run.ctx
     sums: dict[str, float] = {}
     term_sums: dict[str, float] = {}
+    measurements: list[dict] = []  # the gradient balance of the steps that measured it
     steps = 0
     run.model.train()
     started = time.perf_counter()
@@ -332,14 +380,18 @@ def train_epoch(run: Run) -> dict:
             steps += 1
             for name, value in numbers["terms"].items():
                 term_sums[name] = term_sums.get(name, 0.0) + value
+            if numbers["balance"] is not None:
+                measurements.append(numbers["balance"])
             for name, value in numbers.items():
-                if name != "terms":
+                if name not in ("terms", "balance"):
                     sums[name] = sums.get(name, 0.0) + value
             if ctx.is_main:
                 shown = {"loss": f"{numbers['loss']:.3g}", "ce": f"{numbers['seg']:.3f}"}
                 if cfg.pdcr:
                     shown["pdcr"] = f"{numbers['pdcr']:.3g}"
                     shown.update({name: f"{v:.4g}" for name, v in numbers["terms"].items()})
+                    if measurements:  # the latest measured ||grad PDCR|| / ||grad seg||
+                        shown["grad ratio"] = f"{measurements[-1]['ratio']:.3g}"
                 shown["dice"] = f"{numbers['dice']:.3f}"
                 bar.set_postfix(shown, refresh=False)
             if cfg.max_steps is not None and run.progress.step >= cfg.max_steps:
@@ -354,6 +406,7 @@ def train_epoch(run: Run) -> dict:
         "seconds_per_step": (time.perf_counter() - started) / n,
         "means": {name: distributed.mean(ctx, value / n) for name, value in sums.items()},
         "terms": {name: distributed.mean(ctx, value / n) for name, value in term_sums.items()},
+        "balance": measurements,  # the same numbers in every process (gradient_balance averages over them)
     }
 
 
@@ -362,7 +415,7 @@ def train_epoch(run: Run) -> dict:
 def validate(run: Run) -> dict:
     """Metrics of the model on the validation split (metrics.summarize's dict)."""
     return evaluate(run.module, run.bundle.val, run.bundle.num_classes, run.ctx, batch_size=run.cfg.batch_size,
-                    ignore_index=run.cfg.ignore_index, amp=run.cfg.amp, roi=run.roi)
+                    ignore_index=run.cfg.ignore_index, amp=run.cfg.amp, roi=run.roi, per_item=False)
 
 
 def end_epoch(run: Run, numbers: dict, val: dict) -> None:
@@ -378,6 +431,8 @@ def end_epoch(run: Run, numbers: dict, val: dict) -> None:
         "lr": run.scheduler.get_last_lr()[0],
         "val": val,
     }
+    if cfg.pdcr:  # the gradient balance of the epoch: count, mean, median, every measurement
+        record["balance"] = summarize_measurements(numbers["balance"])
     for name in ("loss", "seg", "pdcr"):  # an epoch cut to no step by --max-steps still has them
         record.setdefault(f"train_{name}", 0.0)
     progress.history.append(record)
@@ -395,7 +450,10 @@ def end_epoch(run: Run, numbers: dict, val: dict) -> None:
         print(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4g} (CE {record['train_seg']:.4f}"
               + (f", PDCR {record['train_pdcr']:.4g}" if cfg.pdcr else "")
               + f"), val Dice {figures.fmt(val['dice'])} Jaccard {figures.fmt(val['jaccard'])}"
-              f" HD95 {figures.fmt(val['hd95'], 2)}, {record['seconds_per_step']:.3f} s/step", flush=True)
+              f" HD95 {figures.fmt(val['hd95'], 2)}"
+              + (f", grad ratio {record['balance']['ratio_median']:.3g} (median of {record['balance']['count']})"
+                 if cfg.pdcr and record["balance"]["count"] else "")
+              + f", {record['seconds_per_step']:.3f} s/step", flush=True)
     distributed.barrier(run.ctx)
 
 
@@ -427,9 +485,10 @@ def test(run: Run) -> dict:
         "best_epoch": progress.best_epoch,
         "steps": progress.step,
         "seconds_per_step": float(np.median(step_times)) if step_times else None,
+        **(pdcr_summary(cfg, progress) if cfg.pdcr else {}),
         "test": {key: test_metrics[key] for key in ("dice", "jaccard", "accuracy", "hd95", "dice_per_class",
                                                     "jaccard_per_class", "hd95_per_class", "hd95_undefined",
-                                                    "images")},
+                                                    "images", "per_image", "per_volume") if key in test_metrics},
     }
     if ctx.is_main:
         out = run.out
@@ -446,6 +505,23 @@ def test(run: Run) -> dict:
               flush=True)
         print(f"wrote {out}/: summary.json, progress.png, overlays/, checkpoint_best.pt", flush=True)
     return summary
+
+
+def pdcr_summary(cfg: TrainConfig, progress: Progress) -> dict:
+    """summary.json's "gradient_balance" (every measurement of the run: count, mean, median; the
+    first one, at step 0) and "pdcr_weight" (configured, the target ratio and what it set)."""
+    measured = [m for h in progress.history for m in h.get("balance", {}).get("values", [])]
+    balance = {"every": cfg.balance_every, **summarize_measurements(measured)}
+    balance.pop("values")  # they are in the epochs' records
+    balance["first"] = measured[0] if measured else None
+    weight = {"configured": cfg.pdcr_weight, "target_ratio": cfg.pdcr_target_ratio,
+              "in_force": cfg.pdcr_weight if progress.pdcr_weight is None else progress.pdcr_weight}
+    if cfg.pdcr_target_ratio is not None:
+        ratios = progress.calibration_ratios
+        weight.update(calibration_steps=cfg.pdcr_calibration_steps, calibration_ratios=list(ratios),
+                      calibration_median=float(np.median(ratios)) if ratios else None,
+                      calibrated=progress.pdcr_weight is not None)
+    return {"gradient_balance": balance, "pdcr_weight": weight}
 
 
 def write_overlays(model: nn.Module, handle, dataset, num_classes: int, device: torch.device,

@@ -218,7 +218,8 @@ def _describe(patients, mean, sd, what: str) -> str:
 def make_lung_ct(*, image_size: int = 128, seed: int = 0, num_classes: int | None = None,
                  fold: int = 0) -> RawSplits:
     """2-D: axial slices, ``image_size`` px about the centre at the CT's own spacing. Items
-    ``{"image": (1, S, S) float32, "label": (1, S, S) int64, "name": "pat_1_slice017"}``."""
+    ``{"image": (1, S, S) float32, "label": (1, S, S) int64, "name": "pat_1_slice017", "spacing": (dz, dy, dx)}``
+    (the patient's voxel size in mm: evaluation stacks a patient's slices and scores the volume)."""
     del seed  # the slices are fixed; the seed drives augmentation (build_datasets)
     if num_classes not in (None, 2):
         raise DataError(f"lung-ct: the labels are binary (2 classes), got num_classes={num_classes}")
@@ -235,7 +236,8 @@ def make_lung_ct(*, image_size: int = 128, seed: int = 0, num_classes: int | Non
             case = by_id[pid]
             image = _centre(_normalised(case.image_hu, mean, sd), image_size, _normalised(AIR_HU, mean, sd))
             label = _centre(case.mask, image_size, 0).astype(np.int64)
-            items += [{"image": image[k][None].copy(), "label": label[k][None].copy(), "name": f"{pid}_slice{k:03d}"}
+            items += [{"image": image[k][None].copy(), "label": label[k][None].copy(), "name": f"{pid}_slice{k:03d}",
+                       "spacing": case.spacing_mm}  # (dz, dy, dx) mm: a patient's stacked slices get HD95 in mm
                       for k in range(len(image))]
         splits[split] = items
     return RawSplits(**splits, in_channels=1, num_classes=2, class_names=("background", "tumour"),
