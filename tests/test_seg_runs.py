@@ -43,11 +43,18 @@ def comparable(summary_path: Path) -> dict:
     return summary
 
 
+def _as_in_a_terminal() -> None:
+    """SIGINT back to its default in the child, as in a terminal where Ctrl-C reaches the program:
+    a shell starts background jobs (`make test &`, CI runners) with SIGINT ignored, every child
+    inherits that, and Python then installs no KeyboardInterrupt handler at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(out: Path, *extra: str, epochs: int = 3) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "pdcr_seg", "train", *TINY, "--epochs", str(epochs), "--overlays", "0",
                              "--out", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, preexec_fn=_as_in_a_terminal)
 
 
 def _stop_in_epoch_2(process: subprocess.Popen, sig: int) -> None:
@@ -74,8 +81,8 @@ def test_a_killed_run_resumes_exactly_and_ctrl_c_says_how(tmp_path):
     assert whole.returncode == 0, whole.stderr.read()[-2000:]
     assert killed.returncode == -signal.SIGKILL
     # Ctrl-C: status 130 and one line saying how to continue (after the progress bar's last frame)
-    assert ctrl_c.returncode == 130
     err = ctrl_c.stderr.read()
+    assert ctrl_c.returncode == 130, f"status {ctrl_c.returncode}; stdout: {ctrl_c.stdout.read()[-1500:]} stderr: {err[-1500:]}"
     assert "Traceback" not in err
     last = err.replace("\r", "\n").strip().splitlines()[-1]
     assert last.startswith("pdcr-seg train: interrupted in epoch ")
