@@ -47,6 +47,7 @@ bench: build
 	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_volumes.py
 	$(PY) benchmarks/bench_contention.py
+	$(PY) benchmarks/bench_grad_balance.py
 
 # The main job: a small UNet with PDCR and UAFR on real nuclei tiles, evaluated, with figures
 # (runs/demo/). About 3 minutes on a 2-core CPU once built.
