@@ -47,6 +47,12 @@ def test_a_plan_writes_tables_and_figures_and_resumes(tmp_path, capsys):
     experiments.run_plan(str(plan), out=str(out), results=str(results), max_steps=2)
     assert "4 runs, 3 done, 1 to train" in capsys.readouterr().out
     assert lost.is_file() and kept.stat().st_mtime == stamp
+    # a run folder holding another setting's result is refused, not reused as the plan's
+    summary = json.loads(kept.read_text())
+    summary["config"]["pdcr_tau"] = 0.5
+    kept.write_text(json.dumps(summary))
+    with pytest.raises(experiments.ConfigError, match=r"other settings than the plan's \(pdcr_tau: 0.5 vs 1.0\)"):
+        experiments.run_plan(str(plan), out=str(out), results=str(results), max_steps=2)
 
 
 def test_the_built_in_plan_has_the_sweep_and_the_lung_ct_arms_on_every_patient(tmp_path):

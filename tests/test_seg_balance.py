@@ -104,6 +104,12 @@ def test_target_ratio_sets_the_weight_and_a_run_stopped_in_its_calibration_resum
     assert weight["in_force"] == pytest.approx(0.01 * 2 / statistics.median(ratios), rel=1e-12)
     assert all(m["pdcr_weight"] == 0.01 for m in measured[:8])
     assert all(m["pdcr_weight"] == weight["in_force"] for m in measured[8:])
+    # the run's balance is the weight it trained with: the calibration steps are listed, not averaged in
+    assert [m["calibration"] for m in measured] == [True] * 8 + [False] * 2
+    balance = summary["gradient_balance"]
+    assert (balance["count"], balance["calibration_count"]) == (2, 8)
+    assert balance["ratio_median"] == pytest.approx(statistics.median(m["ratio"] for m in measured[8:]))
+    assert balance["ratio_median"] == pytest.approx(2.0, rel=0.5)  # near the target, far from the calibration's
     assert f"PDCR weight {weight['in_force']:.4g} from now on" in capsys.readouterr().out
     last = torch.load(whole / "checkpoint_last.pt", weights_only=False)
     assert last["progress"]["pdcr_weight"] == weight["in_force"]

@@ -161,10 +161,14 @@ def weight_for_ratio(weight: float, ratios: Iterable[float], target: float) -> f
 
 def summarize_measurements(measurements: list[dict]) -> dict:
     """Mean and median of the measured norms and ratios, their count, and the measurements
-    themselves (dicts with step, seg_norm, pdcr_norm, ratio, pdcr_weight), for summary.json."""
-    out: dict = {"count": len(measurements)}
+    themselves (dicts with step, seg_norm, pdcr_norm, ratio, pdcr_weight, calibration), for
+    summary.json. The statistics describe the weight the run trains with: the calibration steps
+    of --pdcr-target-ratio (measured at the configured weight, before the weight is set) are kept
+    in "values" and counted in "calibration_count", but left out of count, mean and median."""
+    trained = [m for m in measurements if not m.get("calibration", False)]
+    out: dict = {"count": len(trained), "calibration_count": len(measurements) - len(trained)}
     for key in ("ratio", "seg_norm", "pdcr_norm"):
-        values = [m[key] for m in measurements]
+        values = [m[key] for m in trained]
         out[f"{key}_mean"] = statistics.fmean(values) if values else math.nan
         out[f"{key}_median"] = statistics.median(values) if values else math.nan
     out["values"] = list(measurements)

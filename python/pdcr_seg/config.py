@@ -36,7 +36,9 @@ class ConfigError(ValueError):
 
 # 0: before versions, and before the paper's defaults (a config without pdcr_preset): PDCR at
 #    tau 0.5, the patch series summed, a cross-layer pair at each layer's own N, on encoder
-#    stages 2-4 and the pair; UAFR's head min(C, 64) wide.
+#    stages 2-4 and the pair; UAFR's head min(C, 64) wide. (Two unreleased development snapshots
+#    already had version 1's loss defaults or head without naming pdcr_preset; their configs are
+#    read as version 0, so a resume or eval of such a run needs its settings given explicitly.)
 # 1: the paper's defaults (a config with pdcr_preset but no version): tau 1, the patch series
 #    averaged, 32 x 32 cross-layer samples, --pdcr with the decoder, UAFR's head 16 wide; no
 #    gradient-balance measurement.

@@ -259,8 +259,9 @@ def write_all(plan: dict, runs, rows, tables: dict, limited: dict, folder: Path)
             continue
         found = {"baseline": checkpoints(data, "baseline"), pdcr_arm: checkpoints(data, pdcr_arm)}
         scores[data] = separability(found)
-        if not pictured:  # the picture: the first data set, the first seed both arms have
-            seed = min(set(found["baseline"]) & set(found[pdcr_arm]))
+        common = set(found["baseline"]) & set(found[pdcr_arm])
+        if not pictured and common:  # the picture: the first data set, the first seed both arms have
+            seed = min(common)
             embedding({arm: by_seed[seed] for arm, by_seed in found.items()}, folder / "embedding.png", seed)
             pictured = True
     both = next((r for arm in ("H-PDCR + UAFR", "UAFR") for r in done if r.arm == arm), None)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, TrainConfig, from_dict, save_yaml
+from .config import ConfigError, TrainConfig, from_dict, from_run, save_yaml
 from .stats import holm, mean_sd, median, paired_difference, per_image_difference, t_quantile_975  # noqa: F401
 
 METRICS = ("dice", "jaccard", "accuracy", "hd95")
@@ -173,9 +173,26 @@ def expand(plan: dict, out: Path, max_steps: int | None = None) -> list[Run]:
     return list(runs.values())
 
 
+# settings that do not change what a run computes (where it writes, on what, how much it prints)
+NOT_COMPARED = ("out", "device", "workers", "overlays", "max_steps")
+
+
 def _summary(run: Run) -> dict | None:
+    """The run's summary.json, None while it has none. A summary written with other settings than
+    the plan's (an older plan, an edited one) is an error, never silently reused: the run's folder
+    is the plan's key, not its settings."""
     path = Path(run.config.out) / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    saved = from_run(summary["config"], str(path)).to_dict()
+    planned = run.config.to_dict()
+    differ = sorted(k for k in planned if k not in NOT_COMPARED and saved.get(k) != planned[k])
+    if differ:
+        raise ConfigError(f"{path} was trained with other settings than the plan's ({', '.join(differ)}: "
+                          f"{', '.join(f'{saved.get(k)!r} vs {planned[k]!r}' for k in differ[:3])}); "
+                          "move it away or give the plan another --out")
+    return summary
 
 
 def execute(runs: list[Run], jobs: int = 1, log=print) -> None:
@@ -287,6 +304,10 @@ def arm_table(rows: list[dict], group: dict, arms: list[str]) -> list[dict]:
         tests = [e[f"{m}{suffix}"] for e in out for m in metrics if f"{m}{suffix}" in e]
         for test, adjusted in zip(tests, holm([t["p"] for t in tests])):
             test["p_holm"], test["m"] = adjusted, len(tests)
+    for e in out:  # Jaccard and accuracy: described, not tested (outside the Holm family: no p_holm)
+        for m in METRICS:
+            if m not in TESTED and f"{m}_vs_baseline" in e:
+                e[f"{m}_vs_baseline"].update(p_holm=None, m=0, family="untested")
     return out
 
 
@@ -374,15 +395,20 @@ def markdown(plan: dict, rows: list[dict], tables: dict) -> str:
         + f"; cross-entropy unless said; Adam lr {s.get('lr', 1e-3)}, cosine schedule, weight decay {s.get('weight_decay', 1e-5)}, the paper's "
         "augmentation; PDCR (H-PDCR, the paper's main setting: encoder stages 2-4, decoder stages, the pair 2-3) at "
         f"weight {s.get('pdcr_weight', 0.01)} (the paper's) unless the arm sets the weight from the gradient ratio "
-        "(`--pdcr-target-ratio R`: the median of ‖∇PDCR‖ / ‖∇seg‖ over the first 5 steps at weight 0.01, then weight "
-        "× R / that median, fixed); the gradient balance measured at step 0 and every "
+        f"(`--pdcr-target-ratio R`: the median of ‖∇PDCR‖ / ‖∇seg‖ over the first "
+        f"{s.get('pdcr_calibration_steps', TrainConfig.pdcr_calibration_steps)} steps at weight "
+        f"{s.get('pdcr_weight', 0.01)}, then that weight × R / that median, fixed); the gradient balance measured at step 0 and every "
         f"{s.get('balance_every', TrainConfig.balance_every)} steps; seeds {seeds}. Test metrics of the best "
         "validation epoch.",
         "",
         "How to read the tables. Dice and HD95 (pixels; lower is better): mean ± sd over seeds of each run's mean "
         "over test images; *median*: mean ± sd over seeds of each run's median over test images (an image "
         "without foreground has no Dice or HD95; an image whose foreground was missed entirely has no HD95: "
-        "counted in *HD95 undef.*, summed over seeds). ‖∇PDCR‖/‖∇seg‖ (seg: the run's segmentation loss): each run's median of the ratios measured "
+        "counted in *HD95 undef.*, summed over seeds; the HD95 means leave such images out, so an arm that "
+        "misses more images entirely is not penalised in HD95 for it: read HD95 beside *HD95 undef.* and Dice). "
+        "s/step: median over the run's epochs, two runs sharing the two cores; for PDCR arms it includes "
+        "the gradient-balance measurement (one extra backward every "
+        f"{s.get('balance_every', TrainConfig.balance_every)}th step, and every calibration step). ‖∇PDCR‖/‖∇seg‖ (seg: the run's segmentation loss): each run's median of the ratios measured "
         "at the weight it trained with (on the weights both losses reach; a target ratio's calibration steps left "
         "out), mean ± sd over seeds. PDCR weight: median (range) over seeds.",
         "",

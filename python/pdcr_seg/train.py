@@ -329,7 +329,7 @@ def train_step(run: Run, batch: dict) -> dict:
     if measures_balance(run):
         measured = gradient_balance(run.model, seg, pdcr)  # instead of loss.backward(): the same .grad
         balance = {"step": run.progress.step, "seg_norm": measured.seg_norm, "pdcr_norm": measured.pdcr_norm,
-                   "ratio": measured.ratio, "pdcr_weight": run.handle.pdcr.weight}
+                   "ratio": measured.ratio, "pdcr_weight": run.handle.pdcr.weight, "calibration": calibrating(run)}
     else:
         loss.backward()
     run.optimizer.step()
@@ -390,8 +390,9 @@ def train_epoch(run: Run) -> dict:
                 if cfg.pdcr:
                     shown["pdcr"] = f"{numbers['pdcr']:.3g}"
                     shown.update({name: f"{v:.4g}" for name, v in numbers["terms"].items()})
-                    if measurements:  # the latest measured ||grad PDCR|| / ||grad seg||
-                        shown["grad ratio"] = f"{measurements[-1]['ratio']:.3g}"
+                    if measurements:  # the latest measured ||grad PDCR|| / ||grad seg|| (* calibration)
+                        latest = measurements[-1]
+                        shown["grad ratio"] = f"{latest['ratio']:.3g}" + ("*" if latest["calibration"] else "")
                 shown["dice"] = f"{numbers['dice']:.3f}"
                 bar.set_postfix(shown, refresh=False)
             if cfg.max_steps is not None and run.progress.step >= cfg.max_steps:
@@ -508,8 +509,9 @@ def test(run: Run) -> dict:
 
 
 def pdcr_summary(cfg: TrainConfig, progress: Progress) -> dict:
-    """summary.json's "gradient_balance" (every measurement of the run: count, mean, median; the
-    first one, at step 0) and "pdcr_weight" (configured, the target ratio and what it set)."""
+    """summary.json's "gradient_balance" (the run's measurements at the weight it trained with:
+    count, mean, median, as summarize_measurements; the first measurement of all, at step 0) and
+    "pdcr_weight" (configured, the target ratio and what it set)."""
     measured = [m for h in progress.history for m in h.get("balance", {}).get("values", [])]
     balance = {"every": cfg.balance_every, **summarize_measurements(measured)}
     balance.pop("values")  # they are in the epochs' records
