@@ -82,6 +82,27 @@ def test_ratio_matches_a_hand_computation():
     assert balance.ratio > 1  # eq. 12's pair sums: PDCR's gradient dwarfs cross-entropy's at weight 0.01
 
 
+def test_a_measurement_that_does_not_step_with_pdcr_leaves_the_segmentation_gradient():
+    """step_with_pdcr=False (a --pdcr-target-ratio calibration step): the same norms, and .grad is
+    seg.backward()'s; PDCR's own projections get zeros, not None (every parameter is reached)."""
+    model, handle = _model()
+    seg, pdcr = _step(model, handle)
+    measured = gradient_balance(model, seg, pdcr, step_with_pdcr=False)
+    twin, twin_handle = _model()
+    twin_seg, twin_pdcr = _step(twin, twin_handle)
+    stepping = gradient_balance(twin, twin_seg, twin_pdcr)  # norms of the ordinary measurement
+    assert measured.seg_norm == pytest.approx(stepping.seg_norm, rel=1e-10)
+    assert measured.pdcr_norm == pytest.approx(stepping.pdcr_norm, rel=1e-10)
+    plain, plain_handle = _model()
+    plain_seg, _ = _step(plain, plain_handle)
+    plain_seg.backward()
+    for (name, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
+        if q.grad is None:  # only PDCR reaches it (its projections): a zero gradient
+            assert p.grad is not None and not p.grad.any(), name
+        else:
+            torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-15, msg=name)
+
+
 def test_gradients_already_in_grad_are_kept_apart():
     """.grad accumulates as backward() does; the norms are of this step's gradients only."""
     model, handle = _model()

@@ -103,6 +103,13 @@ def test_target_ratio_sets_the_weight_and_a_run_stopped_in_its_calibration_resum
     assert weight["calibration_ratios"] == ratios and weight["calibrated"]
     assert weight["in_force"] == pytest.approx(0.01 * 2 / statistics.median(ratios), rel=1e-12)
     assert all(m["pdcr_weight"] == 0.01 for m in measured[:8])
+    # the calibration steps trained with the segmentation loss alone: the first 8 steps as a run
+    # without PDCR's gradient (weight 0), step for step (the same 18 steps: the same learning rates)
+    zero = tmp_path / "zero"
+    assert main(["train", *[a for a in args if a not in ("--pdcr-target-ratio", "2")], "--pdcr-weight", "0",
+                 "--balance-every", "1", "--out", str(zero)]) == 0
+    zero_measured = _records(zero)[1][:8]
+    assert [m["seg_norm"] for m in zero_measured] == pytest.approx([m["seg_norm"] for m in measured[:8]], rel=1e-5)
     assert all(m["pdcr_weight"] == weight["in_force"] for m in measured[8:])
     # the run's balance is the weight it trained with: the calibration steps are listed, not averaged in
     assert [m["calibration"] for m in measured] == [True] * 8 + [False] * 2

@@ -86,9 +86,13 @@ def shared_parameters(model: nn.Module, seg_loss: torch.Tensor, pdcr_loss: torch
 
 
 def gradient_balance(model: nn.Module, seg_loss: torch.Tensor, pdcr_loss: torch.Tensor, *,
-                     exclude: Iterable[nn.Parameter] = (), distributed: bool | None = None) -> GradientBalance:
+                     exclude: Iterable[nn.Parameter] = (), distributed: bool | None = None,
+                     step_with_pdcr: bool = True) -> GradientBalance:
     """Backpropagates seg_loss + pdcr_loss into the parameters' .grad (as .backward() on their sum
-    does) and returns the two losses' gradient norms on the parameters they share.
+    does) and returns the two losses' gradient norms on the parameters they share. With
+    step_with_pdcr=False, .grad gets seg_loss's gradient alone (PDCR's enters as zeros, so that
+    every parameter is still reached, as DistributedDataParallel expects): PDCR is measured but
+    does not move the weights (the calibration steps of --pdcr-target-ratio).
 
     Args:
         model: the model the losses come from (an nn.Module, or its DistributedDataParallel); its
@@ -121,7 +125,7 @@ def gradient_balance(model: nn.Module, seg_loss: torch.Tensor, pdcr_loss: torch.
     # the extra backward: PDCR alone, through the layers it reaches, into the shared parameters
     pdcr_grads = torch.autograd.grad(pdcr_loss, shared, retain_graph=True)
     # the step's ordinary backward: .grad = the total's gradient (DDP averages it here)
-    (seg_loss + pdcr_loss).backward()
+    (seg_loss + (pdcr_loss if step_with_pdcr else pdcr_loss * 0.0)).backward()
     if distributed is None:
         distributed = isinstance(model, nn.parallel.DistributedDataParallel)
     if distributed and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
@@ -132,7 +136,7 @@ def gradient_balance(model: nn.Module, seg_loss: torch.Tensor, pdcr_loss: torch.
     seg_sq, pdcr_sq = [], []
     for p, old, g_pdcr in zip(shared, before, pdcr_grads):
         total = p.grad if old is None else p.grad - old
-        seg_sq.append((total - g_pdcr).double().square().sum())
+        seg_sq.append((total - g_pdcr if step_with_pdcr else total).double().square().sum())
         pdcr_sq.append(g_pdcr.double().square().sum())
     seg_norm = float(torch.stack(seg_sq).sum().sqrt())
     pdcr_norm = float(torch.stack(pdcr_sq).sum().sqrt())

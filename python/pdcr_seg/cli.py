@@ -88,7 +88,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help=f"N on each layer of a cross-layer pair (default {d.pdcr_cross_samples}; own: each layer's N)")
     g.add_argument("--pdcr-target-ratio", type=float, default=S, metavar="R",
                    help="set the PDCR weight so that ||grad PDCR|| / ||grad seg|| is R (seg: CE or Dice + CE): measured over the first "
-                        "--pdcr-calibration-steps steps at --pdcr-weight, then weight x R / their median, fixed")
+                        "--pdcr-calibration-steps steps at --pdcr-weight (which train with the segmentation loss alone), "
+                        "then weight x R / their median, fixed")
     g.add_argument("--pdcr-calibration-steps", type=int, default=S,
                    help=f"steps measured for --pdcr-target-ratio (default {d.pdcr_calibration_steps})")
     g.add_argument("--uafr", action="store_true", default=S, help="add UAFR (every encoder and decoder stage)")

@@ -78,7 +78,8 @@ class TrainConfig:
     pdcr_tau: float = 1.0  # temperature of eq. 9 (the paper gives none; the authors' released value)
     pdcr_cross_samples: int | None = 32  # N on each layer of a cross pair (the authors'); None: each layer's own
     # the weight from the gradient balance: measure ||grad PDCR|| / ||grad seg|| on the first
-    # pdcr_calibration_steps steps at pdcr_weight, then pdcr_weight x target / their median, fixed
+    # pdcr_calibration_steps steps measured at pdcr_weight (they train with the segmentation loss
+    # alone), then pdcr_weight x target / their median, fixed
     pdcr_target_ratio: float | None = None
     pdcr_calibration_steps: int = 5
     uafr: bool = False

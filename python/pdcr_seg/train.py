@@ -327,9 +327,14 @@ def train_step(run: Run, batch: dict) -> dict:
     run.optimizer.zero_grad(set_to_none=True)
     balance = None
     if measures_balance(run):
-        measured = gradient_balance(run.model, seg, pdcr)  # instead of loss.backward(): the same .grad
+        # instead of loss.backward(): the same .grad; a calibration step measures PDCR at the
+        # configured weight but steps with the segmentation loss alone, so that the weight the
+        # ratio has not set yet never trains the model (at 0.01, PDCR's gradient is ~100x the
+        # segmentation loss's: five such steps at the start would be a run of their own)
+        calibration = calibrating(run)
+        measured = gradient_balance(run.model, seg, pdcr, step_with_pdcr=not calibration)
         balance = {"step": run.progress.step, "seg_norm": measured.seg_norm, "pdcr_norm": measured.pdcr_norm,
-                   "ratio": measured.ratio, "pdcr_weight": run.handle.pdcr.weight, "calibration": calibrating(run)}
+                   "ratio": measured.ratio, "pdcr_weight": run.handle.pdcr.weight, "calibration": calibration}
     else:
         loss.backward()
     run.optimizer.step()
