@@ -27,7 +27,14 @@ def run_folder(source: Path, scratch: Path) -> Path:
     if source.is_dir():
         return source
     with tarfile.open(source) as archive:
-        archive.extractall(scratch, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 (and 3.8-3.10 security releases)
+            archive.extractall(scratch, filter="data")
+        else:  # older patch releases (Debian 12's 3.11.2): refuse what the data filter refuses
+            for member in archive.getmembers():
+                target = (scratch / member.name).resolve()
+                if not (member.isfile() or member.isdir()) or not target.is_relative_to(scratch.resolve()):
+                    sys.exit(f"{source}: refusing {member.name!r} (not a plain file or folder inside the archive)")
+            archive.extractall(scratch)
     folders = [p for p in scratch.iterdir() if p.is_dir()]
     if len(folders) != 1:
         sys.exit(f"{source}: expected one results folder in the archive, found {len(folders)}")
