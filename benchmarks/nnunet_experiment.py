@@ -49,18 +49,31 @@ LABELS = {"baseline": "baseline", "pdcr": "PDCR", "uafr": "UAFR", "pdcr_uafr": "
 METRICS = ("dice", "iou", "hd95_mm")
 
 
-def prepare(data: str, dataset_id: int, env: dict) -> Path:
+def prepare(data: str, dataset_id: int, env: dict, args) -> Path:
     """Converts (unless done) and plans + preprocesses 3d_fullres (unless done); the dataset's
-    preprocessed folder."""
+    preprocessed folder. Plans other than nnU-Net's default ``nnUNetPlans`` are made with
+    nnU-Net's own planner options (``-overwrite_target_spacing``, ``-gpu_memory_target``) under
+    their own name, so the default plans are never overwritten."""
     from pdcr_seg.nnunet.convert import convert
 
     raw = Path(env["nnUNet_raw"])
     existing = sorted(raw.glob(f"Dataset{dataset_id:03d}_*")) if raw.is_dir() else []
     folder = existing[0] if existing else convert(data, dataset_id, str(raw))
     preprocessed = Path(env["nnUNet_preprocessed"]) / folder.name
-    if not (preprocessed / "nnUNetPlans.json").is_file() or not (preprocessed / "nnUNetPlans_3d_fullres").is_dir():
-        subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id),
-                        "-c", "3d_fullres", "-np", "1", "-npfp", "1"], env=env, check=True)
+    bin_dir = Path(sys.executable).parent
+    if not (preprocessed / "nnUNetPlans.json").is_file():  # the fingerprint and nnU-Net's default plans
+        subprocess.run([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", "3d_fullres",
+                        "-np", "1", "-npfp", "1", "--no_pp"], env=env, check=True)
+    if args.plans != "nnUNetPlans" and not (preprocessed / f"{args.plans}.json").is_file():
+        command = [str(bin_dir / "nnUNetv2_plan_experiment"), "-d", str(dataset_id), "-overwrite_plans_name", args.plans]
+        if args.target_spacing:
+            command += ["-overwrite_target_spacing", *args.target_spacing.split(",")]
+        if args.gpu_memory_target:
+            command += ["-gpu_memory_target", str(args.gpu_memory_target)]
+        subprocess.run(command, env=env, check=True)
+    if not (preprocessed / f"{args.plans}_{args.configuration}").is_dir():
+        subprocess.run([str(bin_dir / "nnUNetv2_preprocess"), "-d", str(dataset_id), "-plans_name", args.plans,
+                        "-c", args.configuration, "-np", "1"], env=env, check=True)
     return preprocessed
 
 
@@ -91,10 +104,11 @@ def run_one(arm: str, fold: int, seed: int, preprocessed: Path, args) -> dict:
     from pdcr_seg.nnunet import trainers
 
     base = nnUNetTrainer if arm == "baseline" else getattr(trainers, ARMS[arm])
-    cls = trainers.short_schedule(base, f"{args.epochs}x{args.iterations}it_seed{seed}", args.epochs,
-                                  args.iterations, args.val_iterations)
-    plans = load_json(str(preprocessed / "nnUNetPlans.json"))
-    fold_dir = (Path(os.environ["nnUNet_results"]) / preprocessed.name / f"{cls.__name__}__nnUNetPlans__3d_fullres"
+    cls = trainers.short_schedule(base, f"{args.epochs}x{args.iterations}it{'_nomirror' if args.no_mirroring else ''}"
+                                  f"_seed{seed}", args.epochs, args.iterations, args.val_iterations,
+                                  mirroring=not args.no_mirroring)
+    plans = load_json(str(preprocessed / f"{args.plans}.json"))
+    fold_dir = (Path(os.environ["nnUNet_results"]) / preprocessed.name / f"{cls.__name__}__{args.plans}__{args.configuration}"
                 / f"fold_{fold}")
     summary = fold_dir / "validation" / "summary.json"
     if not summary.is_file():
@@ -103,7 +117,7 @@ def run_one(arm: str, fold: int, seed: int, preprocessed: Path, args) -> dict:
         random.seed(seed)
         latest = fold_dir / "checkpoint_latest.pth"
         plans["continue_training"] = latest.is_file()
-        trainer = cls(plans, "3d_fullres", fold, load_json(str(preprocessed / "dataset.json")), torch.device(args.device))
+        trainer = cls(plans, args.configuration, fold, load_json(str(preprocessed / "dataset.json")), torch.device(args.device))
         trainer.save_every = 1  # a checkpoint every epoch: an interrupted plan loses at most one
         if latest.is_file():
             trainer.load_checkpoint(str(latest))
@@ -128,7 +142,7 @@ def run_one(arm: str, fold: int, seed: int, preprocessed: Path, args) -> dict:
 def report(rows: list[dict], arms: list[str], args, dataset: str, preprocessed: Path) -> str:
     from pdcr_seg.experiments import mean_sd, paired_difference
 
-    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres"]
+    plans = json.loads((preprocessed / f"{args.plans}.json").read_text())["configurations"][args.configuration]
     # one value per (fold, seed): the mean over that fold's validation cases
     per_run = {}
     for r in rows:
@@ -137,11 +151,12 @@ def report(rows: list[dict], arms: list[str], args, dataset: str, preprocessed: 
                    for m in METRICS} for key, cases in per_run.items()}
     pairs = sorted({(f, s) for (_, f, s) in per_run})
     lines = [
-        f"# nnU-Net 3d_fullres with and without PDCR and UAFR ({dataset})",
+        f"# nnU-Net {args.configuration} with and without PDCR and UAFR ({dataset})",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} with `benchmarks/nnunet_experiment.py` on {args.device}: "
         f"{args.epochs} epochs x {args.iterations} training iterations (nnU-Net's own schedule is 1000 x 250), "
-        f"{args.val_iterations} validation iterations per epoch; patch {plans['patch_size']}, batch "
+        f"{args.val_iterations} validation iterations per epoch"
+        f"{', no mirroring (augmentation and validation)' if args.no_mirroring else ''}; plans `{args.plans}`: patch {plans['patch_size']}, batch "
         f"{plans['batch_size']}, spacing {plans['spacing']}; folds {sorted({f for f, _ in pairs})}, seeds "
         f"{sorted({s for _, s in pairs})}. Metrics of nnU-Net's validation of the held-out cases (Dice, IoU of "
         f"the foreground) and HD95 in mm (MONAI), averaged per fold; mean ± sd over (fold, seed), and the paired "
@@ -188,6 +203,16 @@ def main():
     parser.add_argument("--folds", default="all", help="all, or a comma-separated list")
     parser.add_argument("--seeds", default="0", help="comma-separated")
     parser.add_argument("--arms", default="baseline,pdcr,pdcr_uafr", help=f"comma-separated of {', '.join(ARMS)}")
+    parser.add_argument("--plans", default="nnUNetPlans",
+                        help="plans name; another than nnU-Net's default is planned with the two options below")
+    parser.add_argument("--target-spacing", default="", help="z,y,x in mm for --plans (nnU-Net's "
+                        "-overwrite_target_spacing), e.g. 3,2,2")
+    parser.add_argument("--gpu-memory-target", type=float, default=None,
+                        help="GB for --plans (nnU-Net's -gpu_memory_target; a smaller target, smaller patches)")
+    parser.add_argument("--configuration", default="3d_fullres", help="nnU-Net configuration: 3d_fullres or 2d")
+    parser.add_argument("--no-mirroring", action="store_true",
+                        help="no mirroring in augmentation and validation (nnU-Net's nnUNetTrainerNoMirroring): "
+                             "8 times fewer sliding-window passes in 3-D")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", default=str(ROOT / "runs" / "nnunet-experiment"),
                         help="nnUNet_raw, _preprocessed and _results of the experiment")
@@ -204,7 +229,7 @@ def main():
                nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "1"))
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results",
                                             "nnUNet_n_proc_DA", "nnUNet_def_n_proc")})
-    preprocessed = prepare(args.data, args.id, {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"})
+    preprocessed = prepare(args.data, args.id, {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}, args)
     rows = []
     for fold in folds_of(preprocessed, args.folds):
         for seed in (int(s) for s in args.seeds.split(",")):
