@@ -4,8 +4,8 @@
 // one copy per instruction set) and pdcr_math.h (per element). Memory is O(B·(N+K)·(C+P·M)) in
 // the calling thread's scratch block (scratch.h); the N×K matrices are never formed.
 //
-// Threads (work_sharing.h: items from a shared counter, no join barrier, so that a thread waiting
-// for a busy core delays nothing): one item per image (prepare it, then stream all its rows)
+// Threads (work_sharing.h: torch's threads claim items from a shared counter, so that a thread
+// waiting for a busy core holds up at most one item): one item per image (prepare it, then stream all its rows)
 // whenever there are at least as many images as threads, or the problem is small enough to run on
 // the calling thread alone. With fewer images than threads, rows are split into chunks; in the
 // backward each (image, chunk) then owns a column-gradient buffer so that no two threads write the
@@ -24,9 +24,9 @@ namespace cpu {
 namespace {
 
 // Work (in multiply-adds of the forward) below which an op runs on the calling thread only:
-// about 50 µs on one core of the 2-core AVX2 machine of the README, less than a sleeping helper
-// takes to wake (tens of µs on that virtual machine) and do a share worth the hand-off. The
-// paper's sizes (9 to 43 million) are far above it.
+// about 50 µs on one core of the 2-core AVX2 machine of the README, too little to be worth
+// waking a sleeping thread (tens of µs on that virtual machine). The paper's sizes (9 to 43
+// million) are far above it.
 constexpr double kSerialWork = 1e6;
 
 double forward_work(int64_t B, int64_t N, int64_t K, int64_t C, int64_t P) {
