@@ -240,8 +240,12 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     (out / "nnunet.md").write_text(text)
     (out / "nnunet.json").write_text(json.dumps({"settings": vars(args), "cases": rows}, indent=2) + "\n")
+    # experiments.md (make experiment's report) carries this table as its own section
+    from pdcr_seg.experiments import put_section
+
+    put_section(out / "experiments.md", "nnunet", "## " + text.lstrip("# "))
     print(text)
-    print(f"wrote {out / 'nnunet.md'} and nnunet.json")
+    print(f"wrote {out / 'nnunet.md'}, nnunet.json and its section of {out / 'experiments.md'}")
 
 
 if __name__ == "__main__":

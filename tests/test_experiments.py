@@ -43,9 +43,13 @@ def test_a_plan_writes_tables_and_figures_and_resumes(tmp_path, capsys):
     kept = out / "synthetic" / "unet" / "H-PDCR_UAFR" / "s0" / "summary.json"
     stamp = kept.stat().st_mtime
     lost.unlink()
+    experiments.put_section(results / "experiments.md", "nnunet", "## nnU-Net\n\n| arm | dice |\n")
     capsys.readouterr()
     experiments.run_plan(str(plan), out=str(out), results=str(results), max_steps=2)
     assert "4 runs, 3 done, 1 to train" in capsys.readouterr().out
+    rewritten = (results / "experiments.md").read_text()  # the rewrite keeps another script's section
+    assert rewritten.startswith(text.split("\n")[0]) and rewritten.endswith(
+        "<!-- section: nnunet -->\n## nnU-Net\n\n| arm | dice |\n<!-- end of section: nnunet -->\n")
     assert lost.is_file() and kept.stat().st_mtime == stamp
     # a run folder holding another setting's result is refused, not reused as the plan's
     summary = json.loads(kept.read_text())
@@ -74,3 +78,18 @@ def test_the_built_in_plan_has_the_sweep_and_the_lung_ct_arms_on_every_patient(t
         if run.arm in ratios:
             assert run.config.pdcr_target_ratio == float(run.arm.split()[-1]) and run.config.pdcr_weight == 0.01
         assert run.config.balance_every == 15 and not run.config.pdcr_dense
+
+
+def test_a_section_is_added_then_replaced_in_place_and_others_are_left_alone(tmp_path):
+    path = tmp_path / "experiments.md"
+    path.write_text("# report\n\n| a | b |\n")
+    experiments.put_section(path, "nnunet", "## nnU-Net\n\nfirst\n")
+    experiments.put_section(path, "other", "## other\n")
+    experiments.put_section(path, "nnunet", "## nnU-Net\n\nsecond")
+    assert path.read_text() == ("# report\n\n| a | b |\n\n"
+                                "<!-- section: nnunet -->\n## nnU-Net\n\nsecond\n<!-- end of section: nnunet -->\n\n"
+                                "<!-- section: other -->\n## other\n<!-- end of section: other -->\n")
+    assert experiments.kept_sections(path.read_text()) == path.read_text()[len("# report\n\n| a | b |\n\n"):]
+    fresh = tmp_path / "new.md"
+    experiments.put_section(fresh, "nnunet", "## nnU-Net")
+    assert fresh.read_text() == "<!-- section: nnunet -->\n## nnU-Net\n<!-- end of section: nnunet -->\n"

@@ -23,6 +23,7 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -476,6 +477,30 @@ def separability_markdown(scores: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# A section that another script (benchmarks/nnunet_experiment.py) keeps in experiments.md, between
+# these markers; run_plan rewrites the file but carries such sections over unchanged.
+_SECTION = re.compile(r"<!-- section: (?P<name>[\w-]+) -->\n.*?<!-- end of section: (?P=name) -->\n", re.S)
+
+
+def kept_sections(text: str) -> str:
+    """The marked sections of an experiments.md, in order (empty when there are none)."""
+    return "\n".join(m.group(0) for m in _SECTION.finditer(text))
+
+
+def put_section(path: Path, name: str, body: str) -> None:
+    """Adds section `name` (Markdown `body`) to the end of the file at `path`, or replaces it where
+    it is; the rest of the file is left as it is (the file is created if missing)."""
+    section = f"<!-- section: {name} -->\n{body.rstrip()}\n<!-- end of section: {name} -->\n"
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    match = next((m for m in _SECTION.finditer(text) if m.group("name") == name), None)
+    if match:
+        text = text[:match.start()] + section + text[match.end():]
+    else:
+        text = text + ("\n" if text and not text.endswith("\n\n") else "") + section
+    path.write_text(text)
+
+
 def run_plan(plan: str | None = None, *, scale: str = "cpu", out: str = "runs/experiments",
              results: str = "benchmarks/results", max_steps: int | None = None, jobs: int | None = None) -> dict:
     """Runs (or resumes) the plan, then writes the tables and figures; returns the tables."""
@@ -504,6 +529,9 @@ def run_plan(plan: str | None = None, *, scale: str = "cpu", out: str = "runs/ex
 
     scores = experiment_figures.write_all(spec, runs, rows, tables, limited, results_dir)
     text = markdown(spec, rows, tables) + limited_markdown(limited) + separability_markdown(scores)
+    previous = results_dir / "experiments.md"
+    kept = kept_sections(previous.read_text()) if previous.is_file() else ""
+    text += ("\n" + kept) if kept else ""
     (results_dir / "experiments.json").write_text(json.dumps(
         {"plan": spec, "runs": rows, "tables": tables, "limited_data": limited, "separability": scores},
         indent=2, default=float) + "\n")
