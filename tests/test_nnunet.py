@@ -523,3 +523,51 @@ def test_end_to_end_as_a_user_runs_it(planned, tmp_path):
     output, _ = run([sys.executable, "-m", "pdcr_seg", "nnunet", "uninstall"], env)
     assert not installed.exists() and str(installed) in output
     print(f"nnU-Net end to end, seconds: {seconds}; Dice of the {case} prediction {dice:.3f}")
+
+
+def test_a_png_dataset_made_by_hand_trains_and_predicts_in_2d(tmp_path):
+    """A dataset made without our converter, as nnU-Net's documentation makes one: 2-D PNG images
+    and label maps in nnUNet_raw, dataset.json from nnU-Net's generate_dataset_json -> plan and
+    preprocess 2d -> pdcr-seg nnunet install -> nnUNetv2_train 2d -tr nnUNetTrainerPDCRUAFR_tiny
+    -device cpu -> nnUNetv2_predict."""
+    require_nnunet()
+    import nnunetv2
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+    from PIL import Image
+
+    from pdcr_seg.nnunet.install import MODULE
+
+    dataset_id, name = 502, "Dataset502_Blobs"
+    raw = tmp_path / "raw" / name
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    g = torch.Generator().manual_seed(3)
+    for i in range(6):  # nnU-Net's 5-fold split needs 5 cases or more
+        labels = (F.avg_pool2d(torch.rand(1, 1, 96, 80, generator=g), 9, 1, 4) > 0.52)[0, 0]
+        image = (labels.float() * 120 + 60 + 30 * torch.randn(96, 80, generator=g)).clamp(0, 255)
+        Image.fromarray(image.to(torch.uint8).numpy()).save(raw / "imagesTr" / f"blobs_{i:03d}_0000.png")
+        Image.fromarray(labels.to(torch.uint8).numpy()).save(raw / "labelsTr" / f"blobs_{i:03d}.png")
+    generate_dataset_json(str(raw), {0: "microscopy"}, {"background": 0, "blob": 1}, 6, ".png", dataset_name=name)
+
+    library = tmp_path / "site"
+    shutil.copytree(Path(nnunetv2.__file__).parent, library / "nnunetv2", ignore=shutil.ignore_patterns("__pycache__"))
+    env = nnunet_env(tmp_path, PYTHONPATH=os.pathsep.join([str(library), str(ROOT), str(ROOT / "python")]))
+    run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", "2d", "-np", "1", "-npfp", "1"], env)
+    env["nnUNet_n_proc_DA"] = "0"  # augmentation in the main process (2 cores); planning needs it unset
+    run([sys.executable, "-m", "pdcr_seg", "nnunet", "install"], env)
+    assert (library / "nnunetv2" / "training" / "nnUNetTrainer" / MODULE).is_file()
+
+    trainer = "nnUNetTrainerPDCRUAFR_tiny"
+    run([str(BIN / "nnUNetv2_train"), str(dataset_id), "2d", "0", "-tr", trainer, "-device", "cpu"], env)
+    fold = tmp_path / "results" / name / f"{trainer}__nnUNetPlans__2d" / "fold_0"
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "PDCR on encoder.stages.1" in log and "pdcr_loss" in log
+    assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()
+
+    images, predictions = tmp_path / "images", tmp_path / "predictions"
+    images.mkdir()
+    shutil.copy(raw / "imagesTr" / "blobs_005_0000.png", images)
+    run([str(BIN / "nnUNetv2_predict"), "-i", str(images), "-o", str(predictions), "-d", str(dataset_id), "-c", "2d",
+         "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+    predicted = np.asarray(Image.open(predictions / "blobs_005.png"))
+    assert predicted.shape == (96, 80) and set(np.unique(predicted)) <= {0, 1}
