@@ -2,9 +2,17 @@
 
     python benchmarks/nnunet_experiment.py [--data lung-ct] [--epochs 10] [--iterations 50]
         [--folds all] [--seeds 0] [--arms baseline,pdcr,pdcr_uafr] [--work runs/nnunet-experiment]
+        [--configuration 3d_fullres|2d] [--plans NAME --target-spacing z,y,x --gpu-memory-target GB]
+        [--no-mirroring] [--report-only]
 
-What it runs, all of it nnU-Net's (3d_fullres, its plans, augmentation, Dice + CE, SGD + poly
-schedule, sliding-window validation with mirroring) but for the trainer class and the schedule:
+What it runs, all of it nnU-Net's (3d_fullres by default, its plans, augmentation, Dice + CE, SGD +
+poly schedule, sliding-window validation with mirroring) but for the trainer class and the
+schedule, and -- where a CPU budget asks for it -- plans made by nnU-Net's planner under its own
+name with a coarser spacing and a smaller memory target (``--plans``), and no mirroring. The
+CPU run of the README:
+
+    python benchmarks/nnunet_experiment.py --plans nnUNetPlansCPU2 --target-spacing 3,2,2 \
+        --gpu-memory-target 2 --epochs 5 --iterations 10 --val-iterations 2 --no-mirroring
 
 1. ``pdcr-seg nnunet convert --data lung-ct`` into ``<work>/nnUNet_raw`` (one case per CT volume,
    ``splits_final.json`` leave-one-patient-out), then ``nnUNetv2_plan_and_preprocess -c 3d_fullres``.
@@ -16,11 +24,13 @@ schedule, sliding-window validation with mirroring) but for the trainer class an
    that budget is stated in the results), then nnU-Net's validation of the held-out patient(s):
    ``validation/summary.json`` (Dice, IoU per case) and, here, HD95 in mm (MONAI's
    compute_hausdorff_distance with the CT's spacing). Runs are seeded (torch, numpy, random).
-3. ``<results>/nnunet.md`` and ``nnunet.json``: per arm the mean +- sd over folds (and seeds) and
+3. ``<results>/nnunet.md`` and ``nnunet.json`` (and the same table as a section of
+   ``experiments.md``): per arm the mean +- sd over folds (and seeds) and
    the paired difference to the baseline over the same (fold, seed), with a 95 % t-interval --
    with 4 patients, 4 pairs per seed: wide intervals are the honest answer.
 
-A finished run (validation/summary.json present) is never redone; an unfinished one continues
+A finished run (validation/summary.json present) is never redone (``--report-only`` reports the
+finished ones and trains nothing); an unfinished one continues
 from its latest checkpoint (written every epoch), as ``nnUNetv2_train --c`` does. Data licence of
 the lung CT: CC BY-NC 3.0 (non-commercial).
 """
@@ -111,6 +121,8 @@ def run_one(arm: str, fold: int, seed: int, preprocessed: Path, args) -> dict:
     fold_dir = (Path(os.environ["nnUNet_results"]) / preprocessed.name / f"{cls.__name__}__{args.plans}__{args.configuration}"
                 / f"fold_{fold}")
     summary = fold_dir / "validation" / "summary.json"
+    if args.report_only and not summary.is_file():
+        return []
     if not summary.is_file():
         torch.manual_seed(seed)
         np.random.seed(seed)
@@ -139,7 +151,8 @@ def run_one(arm: str, fold: int, seed: int, preprocessed: Path, args) -> dict:
     return rows
 
 
-def report(rows: list[dict], arms: list[str], args, dataset: str, preprocessed: Path) -> str:
+def report(rows: list[dict], arms: list[str], args, dataset: str, preprocessed: Path,
+           planned: list[tuple] = ()) -> str:
     from pdcr_seg.experiments import mean_sd, paired_difference
 
     plans = json.loads((preprocessed / f"{args.plans}.json").read_text())["configurations"][args.configuration]
@@ -157,10 +170,12 @@ def report(rows: list[dict], arms: list[str], args, dataset: str, preprocessed: 
         f"{args.epochs} epochs x {args.iterations} training iterations (nnU-Net's own schedule is 1000 x 250), "
         f"{args.val_iterations} validation iterations per epoch"
         f"{', no mirroring (augmentation and validation)' if args.no_mirroring else ''}; plans `{args.plans}`: patch {plans['patch_size']}, batch "
-        f"{plans['batch_size']}, spacing {plans['spacing']}; folds {sorted({f for f, _ in pairs})}, seeds "
+        f"{plans['batch_size']}, spacing {[round(float(x), 3) for x in plans['spacing']]} mm; folds {sorted({f for f, _ in pairs})}, seeds "
         f"{sorted({s for _, s in pairs})}. Metrics of nnU-Net's validation of the held-out cases (Dice, IoU of "
         f"the foreground) and HD95 in mm (MONAI), averaged per fold; mean ± sd over (fold, seed), and the paired "
-        f"difference to the baseline with a 95 % t-interval (* where it excludes 0).",
+        f"difference to the baseline with a 95 % t-interval (* where it excludes 0). train s: wall seconds of "
+        f"nnU-Net's run_training on the machine as it was (other work beside it slows it; the step costs of "
+        f"the arms are measured by benchmarks/bench_nnunet_step.py).",
         "",
         "| arm | " + " | ".join(METRICS) + " | " + " | ".join(f"Δ {m}" for m in METRICS) + " | train s (mean) |",
         "|---|" + "---|" * (2 * len(METRICS) + 1),
@@ -185,6 +200,10 @@ def report(rows: list[dict], arms: list[str], args, dataset: str, preprocessed: 
         seconds = [r["train_seconds"] for r in rows if r["arm"] == arm and r["train_seconds"]]
         cells.append(f"{np.mean(seconds):.0f}" if seconds else "—")
         lines.append(f"| {LABELS[arm]} | " + " | ".join(cells) + " |")
+    missing = sorted({(f, s, a) for (a, f, s) in planned} - {(f, s, a) for (a, f, s) in per_run})
+    if missing:
+        lines += ["", f"Not finished, so not in the table ({len(missing)} of {len(planned)} runs of the plan; "
+                  "e.g. the time budget ended): " + ", ".join(f"{LABELS[a]} fold {f} seed {s}" for f, s, a in missing) + "."]
     lines += ["", "Per fold (Dice):", "", "| fold, seed | " + " | ".join(LABELS[a] for a in arms) + " |",
               "|---|" + "---|" * len(arms)]
     for f, s in pairs:
@@ -213,6 +232,8 @@ def main():
     parser.add_argument("--no-mirroring", action="store_true",
                         help="no mirroring in augmentation and validation (nnU-Net's nnUNetTrainerNoMirroring): "
                              "8 times fewer sliding-window passes in 3-D")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: report the finished runs (e.g. those that fitted in a time budget)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", default=str(ROOT / "runs" / "nnunet-experiment"),
                         help="nnUNet_raw, _preprocessed and _results of the experiment")
@@ -230,12 +251,13 @@ def main():
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results",
                                             "nnUNet_n_proc_DA", "nnUNet_def_n_proc")})
     preprocessed = prepare(args.data, args.id, {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}, args)
-    rows = []
+    rows, planned = [], []
     for fold in folds_of(preprocessed, args.folds):
         for seed in (int(s) for s in args.seeds.split(",")):
             for arm in arms:
+                planned.append((arm, fold, seed))
                 rows += run_one(arm, fold, seed, preprocessed, args)
-    text = report(rows, arms, args, args.data, preprocessed)
+    text = report(rows, arms, args, args.data, preprocessed, planned)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "nnunet.md").write_text(text)
