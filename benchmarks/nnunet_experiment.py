@@ -140,6 +140,10 @@ def run_one(arm: str, fold: int, seed: int, preprocessed: Path, args) -> dict:
         (fold_dir / "experiment_run.json").write_text(json.dumps({"train_seconds": seconds}) + "\n")
     cases = json.loads(summary.read_text())["metric_per_case"]
     extra = json.loads((fold_dir / "experiment_run.json").read_text()) if (fold_dir / "experiment_run.json").is_file() else {}
+    # nnU-Net's last EMA pseudo Dice (its on-the-fly score of validation patches during training):
+    # whether a run learnt anything, where the held-out patient's Dice is 0
+    logging = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False).get("logging", {})
+    ema = [float(x) for x in logging.get("ema_fg_dice", [])]
     rows = []
     for case in cases:
         name = Path(case["prediction_file"]).name
@@ -147,6 +151,8 @@ def run_one(arm: str, fold: int, seed: int, preprocessed: Path, args) -> dict:
         rows.append({"arm": arm, "fold": fold, "seed": seed, "case": name[:-len(".nii.gz")],
                      "dice": foreground["Dice"], "iou": foreground["IoU"],
                      "hd95_mm": hd95_mm(Path(case["prediction_file"]), Path(case["reference_file"])),
+                     "predicted_voxels": foreground.get("n_pred"), "reference_voxels": foreground.get("n_ref"),
+                     "ema_pseudo_dice": ema[-1] if ema else None,
                      "train_seconds": extra.get("train_seconds")})
     return rows
 
@@ -204,11 +210,20 @@ def report(rows: list[dict], arms: list[str], args, dataset: str, preprocessed: 
     if missing:
         lines += ["", f"Not finished, so not in the table ({len(missing)} of {len(planned)} runs of the plan; "
                   "e.g. the time budget ended): " + ", ".join(f"{LABELS[a]} fold {f} seed {s}" for f, s, a in missing) + "."]
-    lines += ["", "Per fold (Dice):", "", "| fold, seed | " + " | ".join(LABELS[a] for a in arms) + " |",
-              "|---|" + "---|" * len(arms)]
+    lines += ["", "Per fold: Dice of the held-out case(s); foreground voxels predicted / in the reference; "
+              "nnU-Net's last EMA pseudo Dice (validation patches during training):", "",
+              "| fold, seed | " + " | ".join(LABELS[a] for a in arms) + " |", "|---|" + "---|" * len(arms)]
+
+    def cell(a, f, s):
+        cases = per_run.get((a, f, s))
+        if not cases:
+            return "—"
+        voxels = "; ".join(f"{c.get('predicted_voxels')} / {c.get('reference_voxels')}" for c in cases)
+        ema = cases[0].get("ema_pseudo_dice")
+        return f"{value[(a, f, s)]['dice']:.4f} ({voxels}; " + ("—" if ema is None else f"{ema:.3f}") + ")"
+
     for f, s in pairs:
-        lines.append(f"| {f}, {s} | " + " | ".join(
-            f"{value[(a, f, s)]['dice']:.4f}" if (a, f, s) in value else "—" for a in arms) + " |")
+        lines.append(f"| {f}, {s} | " + " | ".join(cell(a, f, s) for a in arms) + " |")
     return "\n".join(lines) + "\n"
 
 
