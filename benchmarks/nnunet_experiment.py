@@ -206,6 +206,10 @@ def report(rows: list[dict], arms: list[str], args, dataset: str, preprocessed: 
         seconds = [r["train_seconds"] for r in rows if r["arm"] == arm and r["train_seconds"]]
         cells.append(f"{np.mean(seconds):.0f}" if seconds else "—")
         lines.append(f"| {LABELS[arm]} | " + " | ".join(cells) + " |")
+    if rows and all(r.get("predicted_voxels") == 0 for r in rows):
+        lines += ["", "**No run predicted a single foreground voxel on its held-out case(s): at this budget no arm "
+                  "has learnt the structure, so the table compares nothing** (the differences are 0 because every "
+                  "score is 0, not because the arms are alike)."]
     missing = sorted({(f, s, a) for (a, f, s) in planned} - {(f, s, a) for (a, f, s) in per_run})
     if missing:
         lines += ["", f"Not finished, so not in the table ({len(missing)} of {len(planned)} runs of the plan; "
