@@ -53,6 +53,16 @@ def run(command: list[str], env: dict, timeout: int = 600) -> tuple[str, float]:
     return output, seconds
 
 
+def nnunet_copy(tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the installed nnunetv2 under tmp_path/site (so `pdcr-seg nnunet install` never
+    writes into the environment's) and the PYTHONPATH that puts it, and this checkout, first."""
+    import nnunetv2
+
+    library = tmp_path / "site"
+    shutil.copytree(Path(nnunetv2.__file__).parent, library / "nnunetv2", ignore=shutil.ignore_patterns("__pycache__"))
+    return library, os.pathsep.join([str(library), str(ROOT), str(ROOT / "python")])
+
+
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
     """Nuclei as nnUNet_raw/Dataset501_Nuclei3D, planned and preprocessed for 3d_fullres (nnU-Net's
@@ -471,12 +481,10 @@ def test_end_to_end_as_a_user_runs_it(planned, tmp_path):
     from pdcr_seg.nnunet.install import MODULE
 
     seconds = dict(planned["seconds"])
-    library = tmp_path / "site"
-    shutil.copytree(Path(nnunetv2.__file__).parent, library / "nnunetv2",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    library, pythonpath = nnunet_copy(tmp_path)
     env = nnunet_env(planned["root"], nnUNet_n_proc_DA=0,  # augmentation in the main process (2 cores)
                      nnUNet_results=tmp_path / "results",  # not the other tests' trainers' folders
-                     PYTHONPATH=os.pathsep.join([str(library), str(ROOT), str(ROOT / "python")]))
+                     PYTHONPATH=pythonpath)
     installed = library / "nnunetv2" / "training" / "nnUNetTrainer" / MODULE
     output, _ = run([sys.executable, "-m", "pdcr_seg", "nnunet", "install"], env)
     assert installed.is_file() and str(installed) in output
@@ -531,7 +539,6 @@ def test_a_png_dataset_made_by_hand_trains_and_predicts_in_2d(tmp_path):
     preprocess 2d -> pdcr-seg nnunet install -> nnUNetv2_train 2d -tr nnUNetTrainerPDCRUAFR_tiny
     -device cpu -> nnUNetv2_predict."""
     require_nnunet()
-    import nnunetv2
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from PIL import Image
 
@@ -549,9 +556,8 @@ def test_a_png_dataset_made_by_hand_trains_and_predicts_in_2d(tmp_path):
         Image.fromarray(labels.to(torch.uint8).numpy()).save(raw / "labelsTr" / f"blobs_{i:03d}.png")
     generate_dataset_json(str(raw), {0: "microscopy"}, {"background": 0, "blob": 1}, 6, ".png", dataset_name=name)
 
-    library = tmp_path / "site"
-    shutil.copytree(Path(nnunetv2.__file__).parent, library / "nnunetv2", ignore=shutil.ignore_patterns("__pycache__"))
-    env = nnunet_env(tmp_path, PYTHONPATH=os.pathsep.join([str(library), str(ROOT), str(ROOT / "python")]))
+    library, pythonpath = nnunet_copy(tmp_path)
+    env = nnunet_env(tmp_path, PYTHONPATH=pythonpath)
     run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", "2d", "-np", "1", "-npfp", "1"], env)
     env["nnUNet_n_proc_DA"] = "0"  # augmentation in the main process (2 cores); planning needs it unset
     run([sys.executable, "-m", "pdcr_seg", "nnunet", "install"], env)

@@ -5,9 +5,9 @@
 // the calling thread's scratch block (scratch.h); the N×K matrices are never formed.
 //
 // Threads (work_sharing.h: torch's threads claim items from a shared counter, so that a thread
-// waiting for a busy core holds up at most one item): one item per image (prepare it, then stream all its rows)
-// whenever there are at least as many images as threads, or the problem is small enough to run on
-// the calling thread alone. With fewer images than threads, rows are split into chunks; in the
+// waiting for a busy core holds up at most one item): one item per image (prepare it, then stream
+// all its rows) whenever there are at least as many images as threads, or the problem is small
+// enough to run on the calling thread alone. With fewer images than threads, rows are split into chunks; in the
 // backward each (image, chunk) then owns a column-gradient buffer so that no two threads write the
 // same column.
 #include <ATen/Parallel.h>
